@@ -1,0 +1,29 @@
+# Two commands do all the set-up on a fresh machine:
+#   make demo   - create .venv, install ghostmap, run the whole loop on a simulated scan
+#   make test   - create .venv, install ghostmap with its test extras, run the test suite
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The CPU build of PyTorch; other versions pull a multi-GB CUDA build on machines without a GPU.
+TORCH ?= torch==2.13.0
+
+.PHONY: demo test install benchmark clean
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/ghostmap demo
+
+test: $(VENV)/.installed
+	$(VENV)/bin/pytest -q
+
+benchmark: $(VENV)/.installed
+	$(PY) benchmarks/benchmark.py
+
+clean:
+	rm -rf $(VENV) ghostmap-demo

@@ -1,0 +1,336 @@
+"""The ``ghostmap`` command line: a thin layer over the Python API.
+
+Every command opens its inputs lazily, reports progress with Rich, writes its outputs
+atomically, and turns a problem with the input into one line on stderr and exit code 1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from .errors import GhostmapError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Map ferroelectric polarization domains in 4D-STEM scans from a few labelled diffraction patterns.",
+)
+console = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True)
+
+DatasetOpt = typer.Option(None, "--dataset", help="Path of the 4-D dataset inside an HDF5/EMD/zarr file.")
+ScanShapeOpt = typer.Option(None, "--scan-shape", help="ROWSxCOLS, for formats that don't store it (.mib).")
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False,
+        disable=not console.is_terminal and os.environ.get("GHOSTMAP_PROGRESS") != "1",
+    )
+
+
+def _shape(text: str, what: str) -> tuple[int, int]:
+    try:
+        a, b = text.lower().replace(" ", "").split("x")
+        shape = (int(a), int(b))
+    except ValueError:
+        raise GhostmapError(f"{what} must look like ROWSxCOLS (e.g. 34x206), got '{text}'") from None
+    if min(shape) < 1:
+        raise GhostmapError(f"{what} must be positive, got '{text}'")
+    return shape
+
+
+def _open(data: Path, dataset: Optional[str], scan_shape: Optional[str] = None):
+    from .reading import open_scan
+
+    return open_scan(data, dataset=dataset, scan_shape=_shape(scan_shape, "--scan-shape") if scan_shape else None)
+
+
+@app.command()
+def info(
+    data: Path = typer.Argument(..., help="The scan: .npy, .h5/.emd, .zarr, .dm3/.dm4, .mib or .blo."),
+    dataset: Optional[str] = DatasetOpt,
+    scan_shape: Optional[str] = ScanShapeOpt,
+    preview: Optional[Path] = typer.Option(None, "--preview", help="Write a PNG: mean pattern (log) and virtual bright field."),
+):
+    """Print a scan's shape, dtype and size; optionally write a preview image."""
+    from .reading import describe, save_preview
+
+    with _open(data, dataset, scan_shape) as scan:
+        d = describe(scan)
+        rows, cols = d["scan_shape"]
+        out.print(f"scan:      {rows} rows x {cols} columns ({d['n_patterns']} patterns)")
+        out.print(f"detector:  {d['detector_shape'][0]} x {d['detector_shape'][1]} pixels")
+        out.print(f"dtype:     {d['dtype']}")
+        out.print(f"size:      {_bytes(d['nbytes'])} uncompressed" +
+                  (f", {_bytes(d['file_size'])} on disk" if d.get("file_size") is not None else ""))
+        if preview:
+            save_preview(scan, preview)
+            out.print(f"preview:   {preview}")
+
+
+@app.command()
+def simulate(
+    out_path: Path = typer.Argument(..., metavar="OUT", help="A folder (scan.npy + truth.csv go in it) or a .npy/.h5 file."),
+    scan: str = typer.Option("34x206", "--scan", help="Scan size ROWSxCOLS."),
+    detector: int = typer.Option(128, "--detector", help="Detector size N (N x N pixels)."),
+    seed: int = typer.Option(0, "--seed"),
+):
+    """Write a synthetic boracite-like scan and its ground-truth labels (x,y,label)."""
+    from .simulate import write_simulated_scan, write_truth_csv
+
+    scan_shape = _shape(scan, "--scan")
+    if detector < 16:
+        raise GhostmapError(f"--detector must be at least 16 pixels, got {detector}")
+    scan_path, truth_path = simulation_paths(out_path)
+    with _progress() as progress:
+        task = progress.add_task("simulating", total=scan_shape[0], info="scan rows")
+        truth = write_simulated_scan(scan_path, scan_shape, detector, seed=seed,
+                                     progress=lambda done, total: progress.update(task, completed=done))
+    write_truth_csv(truth_path, truth)
+    out.print(f"scan:   {scan_path} ({scan_shape[0]} x {scan_shape[1]} patterns of {detector} x {detector}, uint16)")
+    out.print(f"truth:  {truth_path}")
+
+
+def simulation_paths(target: Path) -> tuple[Path, Path]:
+    """Where ``simulate`` writes the scan and its truth labels."""
+    if target.suffix.lower() in (".npy", ".h5", ".hdf5"):
+        return target, target.with_name(target.stem + "_truth.csv")
+    return target / "scan.npy", target / "truth.csv"
+
+
+@app.command()
+def sample(
+    data: Path = typer.Argument(..., help="The scan (only its shape is read)."),
+    labels: Path = typer.Option(..., "--labels", help="Labels given so far (x,y,label); may be absent or empty."),
+    budget: int = typer.Option(..., "--budget", help="Total number of labels wanted, those given included."),
+    strategy: str = typer.Option("adaptive", "--strategy", help="adaptive (refine domain walls) or random."),
+    step: Optional[int] = typer.Option(None, "--step", help="Coarse grid step (default: from scan size and budget)."),
+    out_path: Path = typer.Option(..., "--out", help="CSV (x,y) of the positions to label next."),
+    seed: int = typer.Option(0, "--seed"),
+    dataset: Optional[str] = DatasetOpt,
+    scan_shape: Optional[str] = ScanShapeOpt,
+):
+    """Propose the next positions to label."""
+    from .labels import read_labels, write_positions
+    from .sampling import propose
+
+    with _open(data, dataset, scan_shape) as scan:
+        shape = scan.scan_shape
+    given = read_labels(labels, scan_shape=shape, missing_ok=True)
+    x, y = propose(shape, given, budget, strategy=strategy, step=step, seed=seed)
+    write_positions(out_path, x, y)
+    if len(x):
+        out.print(f"{len(x)} positions to label -> {out_path} ({len(given)} labelled, budget {budget})")
+    else:
+        out.print(f"nothing left to propose ({len(given)} labelled, budget {budget}); wrote a header-only {out_path}")
+
+
+@app.command(name="import-labels")
+def import_labels(
+    source: Path = typer.Argument(..., help="A label file: the paper authors' YAML or a CSV."),
+    out_path: Path = typer.Option(..., "--out", help="CSV to write (x,y,label)."),
+):
+    """Convert the paper authors' YAML labels (X_Y_boxsize5.png, na -> none) to ghostmap's CSV."""
+    from .labels import read_labels, write_labels
+
+    given = read_labels(source)
+    write_labels(out_path, given)
+    counts = {c: int((given.label == c).sum()) for c in given.classes}
+    out.print(f"{len(given)} labels -> {out_path} " + ", ".join(f"{c}: {n}" for c, n in counts.items()))
+
+
+@app.command()
+def train(
+    data: Path = typer.Argument(..., help="The scan."),
+    labels: Path = typer.Option(..., "--labels", help="CSV x,y,label (or the paper's YAML)."),
+    out_path: Path = typer.Option(..., "--out", help="Model folder to write (model.safetensors + model.json)."),
+    arch: str = typer.Option("compact", "--arch", help="compact (default, fast) or paper (the paper's CNN)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Default: from the number of labels."),
+    seed: int = typer.Option(0, "--seed"),
+    bin_factor: Optional[int] = typer.Option(None, "--bin", help="Sum b x b detector pixels (default: down to 256 or fewer, 512 -> 256)."),
+    crop: Optional[str] = typer.Option(None, "--crop", help="Detector window ROW0:ROW1,COL0:COL1."),
+    transform: str = typer.Option("sqrt", "--transform", help="sqrt, log, gamma or none."),
+    gamma: float = typer.Option(0.5, "--gamma"),
+    pool: int = typer.Option(3, "--pool", help="Pool k x k neighbouring probe positions (odd k; 1 = off)."),
+    pool_mode: str = typer.Option("mean", "--pool-mode", help="mean (default) or max."),
+    augment: bool = typer.Option(True, "--augment/--no-augment", help="Flips and transposes that respect the classes."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: CUDA if present)."),
+    dataset: Optional[str] = DatasetOpt,
+    scan_shape: Optional[str] = ScanShapeOpt,
+):
+    """Train a classifier on labelled patterns."""
+    from .labels import read_labels, require_trainable
+    from .preprocessing import fit_preprocessing
+    from .training import TrainingOptions
+    from .training import train as train_model
+
+    with _open(data, dataset, scan_shape) as scan:
+        given = read_labels(labels, scan_shape=scan.scan_shape)
+        require_trainable(given, str(labels))
+        prep = fit_preprocessing(scan, bin=bin_factor, crop=_crop(crop), transform=transform, gamma=gamma,
+                                 pool=pool, pool_mode=pool_mode)
+        options = TrainingOptions(arch=arch, epochs=epochs, seed=seed, augment=augment, device=device)
+        with _progress() as progress:
+            task = progress.add_task("training", total=None, info="")
+
+            def report(epoch, total, s):
+                progress.update(task, total=total, completed=epoch,
+                                info=f"loss {s['loss']:.3f} acc {s['accuracy']:.0%} val loss {s['val_loss']:.3f} "
+                                     f"val acc {s['val_accuracy']:.0%}")
+
+            model = train_model(scan, given, options, preprocessing=prep, progress=report)
+    model.save(out_path)
+    m = model.metrics
+    out.print(f"trained {arch} on {m['n_train']} labels (validation {m['n_validation']}), best epoch "
+              f"{m['best_epoch']}/{m['epochs']}: val loss {m['val_loss']:.3f}, val accuracy {m['val_accuracy']:.1%} "
+              f"({m['seconds']:.0f} s)")
+    if prep.bad_pixels:
+        out.print(f"masked {len(prep.bad_pixels)} bad detector pixels")
+    if m["collapsed"]:
+        console.print(f"[bold red]warning: the model has collapsed: it predicts '{m['predicted_classes'][0]}' for every "
+                      "labelled pattern. Check the labels, or try --pool 3, more epochs or more labels.[/]")
+    out.print(f"model: {out_path}")
+
+
+def _crop(text: Optional[str]):
+    if not text:
+        return None
+    try:
+        rows, cols = text.split(",")
+        r0, r1 = (int(v) for v in rows.split(":"))
+        c0, c1 = (int(v) for v in cols.split(":"))
+    except ValueError:
+        raise GhostmapError(f"--crop must look like ROW0:ROW1,COL0:COL1 (e.g. 64:448,64:448), got '{text}'") from None
+    return (r0, r1, c0, c1)
+
+
+@app.command()
+def predict(
+    data: Path = typer.Argument(..., help="The scan."),
+    model_dir: Path = typer.Option(..., "--model", help="Model folder written by 'ghostmap train'."),
+    out_dir: Path = typer.Option(..., "--out", help="Folder for predictions.npz, domain_map.png, summary.png."),
+    batch_size: int = typer.Option(256, "--batch-size"),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda ... (default: CUDA if present)."),
+    dataset: Optional[str] = DatasetOpt,
+    scan_shape: Optional[str] = ScanShapeOpt,
+):
+    """Classify every pattern and write the domain map."""
+    from .model import Model
+    from .outputs import save_prediction
+    from .prediction import predict as predict_scan
+
+    model = Model.load(model_dir)
+    with _open(data, dataset, scan_shape) as scan:
+        model.check_scan(scan.detector_shape, str(data))
+        with _progress() as progress:
+            task = progress.add_task("classifying", total=scan.n_patterns, info="patterns")
+            result = predict_scan(scan, model, batch_size=batch_size, device=device,
+                                  progress=lambda done, total: progress.update(task, completed=done))
+    paths = save_prediction(out_dir, result, title=str(data.name))
+    names = result.label_names()
+    fractions = ", ".join(f"{c} {float((names == c).mean()):.0%}" for c in result.classes)
+    out.print(f"classified {names.size} patterns: {fractions}")
+    for p in paths.values():
+        out.print(f"  {p}")
+
+
+@app.command()
+def evaluate(
+    out_dir: Path = typer.Argument(..., help="Folder (or predictions.npz) written by 'ghostmap predict'."),
+    truth: Path = typer.Option(..., "--truth", help="Ground-truth labels (x,y,label)."),
+    report_path: Optional[Path] = typer.Option(None, "--json", help="Where to write the report (default OUT_DIR/evaluation.json)."),
+):
+    """Accuracy, per-class recall and confusion matrix against ground-truth labels."""
+    from .atomic import write_text
+    from .evaluation import evaluate as evaluate_map
+    from .evaluation import format_report
+    from .labels import read_labels
+    from .outputs import load_prediction
+
+    result = load_prediction(out_dir)
+    truth_labels = read_labels(truth, scan_shape=result.labels.shape)
+    report = evaluate_map(result.label_names(), truth_labels)
+    out.print(format_report(report))
+    target = report_path or (out_dir if out_dir.is_dir() else out_dir.parent) / "evaluation.json"
+    write_text(target, json.dumps(report, indent=2) + "\n")
+    out.print(f"report: {target}")
+
+
+@app.command()
+def demo(
+    out_dir: Path = typer.Option(Path("ghostmap-demo"), "--out", help="Folder for everything the demo writes."),
+    budget: int = typer.Option(50, "--budget", help="Labels to spend."),
+    scan: str = typer.Option("34x206", "--scan", help="Simulated scan size ROWSxCOLS."),
+    detector: int = typer.Option(128, "--detector"),
+    seed: int = typer.Option(0, "--seed"),
+):
+    """Run the whole loop on a simulated scan, the ground truth standing in for the person labelling."""
+    from .demo import run_demo
+
+    with _progress() as progress:
+        task = progress.add_task("demo", total=None, info="")
+        result = run_demo(out_dir, budget=budget, scan_shape=_shape(scan, "--scan"), detector=detector, seed=seed,
+                          say=lambda text: progress.update(task, info=text))
+    out.print(result["summary"])
+
+
+def _bytes(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
+        n /= 1000
+    return f"{n} B"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the app, turning problems into one line on stderr and an exit code."""
+    debug = os.environ.get("GHOSTMAP_DEBUG") == "1"
+    try:
+        app(args=argv, standalone_mode=False, prog_name="ghostmap")
+        return 0
+    except GhostmapError as exc:
+        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        code = 1
+    except (typer.Exit, typer.Abort, KeyboardInterrupt) as exc:
+        code = getattr(exc, "exit_code", None)
+        if code is None:
+            console.print("interrupted; files already on disk are unchanged", highlight=False)
+            code = 130
+    except MemoryError:
+        console.print("[bold red]error:[/] out of memory", highlight=False)
+        code = 1
+    except OSError as exc:
+        if debug:
+            raise
+        console.print(f"[bold red]error:[/] {exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""),
+                      highlight=False, soft_wrap=True)
+        code = 1
+    except Exception as exc:  # noqa: BLE001 - the last line of defence against tracebacks
+        if debug:
+            raise
+        if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):  # click's usage errors, as typer raises them
+            if type(exc).__name__ == "NoArgsIsHelpError":
+                out.print(exc.format_message(), highlight=False, markup=False)
+                sys.exit(0)
+            message = " ".join(str(exc.format_message()).split())
+            console.print(f"[bold red]error:[/] {message} (see 'ghostmap --help')", highlight=False, soft_wrap=True)
+            sys.exit(exc.exit_code)
+        console.print(f"[bold red]internal error[/] ({type(exc).__name__}): {str(exc).splitlines()[0] if str(exc) else ''}"
+                      " — please report it; GHOSTMAP_DEBUG=1 shows the traceback", highlight=False, soft_wrap=True)
+        code = 3
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

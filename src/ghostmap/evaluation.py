@@ -1,0 +1,85 @@
+"""Score a domain map against ground-truth labels.
+
+Accuracy, per-class recall and the confusion matrix over the labelled positions. When the
+truth covers every position, accuracy on domain-wall positions is reported too: positions
+whose true class is ``none`` or that lie within 2 positions of a change of class.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.ndimage as ndi
+
+from .errors import GhostmapError
+from .labels import Labels, class_order
+
+
+def wall_mask(truth: np.ndarray, distance: int = 2) -> np.ndarray:
+    """(rows, cols) bool: true class 'none', or within ``distance`` positions of a class change."""
+    truth = np.asarray(truth)
+    change = np.zeros(truth.shape, bool)
+    change[:, 1:] |= truth[:, 1:] != truth[:, :-1]
+    change[:, :-1] |= truth[:, 1:] != truth[:, :-1]
+    change[1:, :] |= truth[1:, :] != truth[:-1, :]
+    change[:-1, :] |= truth[1:, :] != truth[:-1, :]
+    near = ndi.binary_dilation(change, iterations=max(0, distance - 1)) if distance > 1 else change
+    return near | (truth == "none")
+
+
+def evaluate(predicted: np.ndarray, truth: Labels) -> dict:
+    """Compare predicted class names (rows, cols) with the truth labels at their positions."""
+    predicted = np.asarray(predicted)
+    rows, cols = predicted.shape
+    if len(truth) == 0:
+        raise GhostmapError("the truth file holds no labels")
+    outside = (truth.x >= cols) | (truth.y >= rows)
+    if outside.any():
+        i = int(np.flatnonzero(outside)[0])
+        raise GhostmapError(
+            f"truth label at x={truth.x[i]}, y={truth.y[i]} is outside the predicted map ({cols} columns x {rows} rows)"
+        )
+    pred = predicted[truth.y, truth.x].astype(str)
+    true = truth.label.astype(str)
+    classes = list(class_order(np.concatenate([true, pred])))
+    index = {c: i for i, c in enumerate(classes)}
+    matrix = np.zeros((len(classes), len(classes)), np.int64)
+    np.add.at(matrix, ([index[t] for t in true], [index[p] for p in pred]), 1)
+    report = {
+        "n": int(len(true)),
+        "accuracy": float((pred == true).mean()),
+        "per_class_recall": {
+            c: (float(matrix[i, i] / matrix[i].sum()) if matrix[i].sum() else None) for i, c in enumerate(classes)
+        },
+        "confusion": {"classes": classes, "rows_are": "truth", "matrix": matrix.tolist()},
+    }
+    if len(true) == rows * cols:
+        full = np.empty((rows, cols), dtype=true.dtype)
+        full[truth.y, truth.x] = true
+        walls = wall_mask(full)
+        hits = predicted.astype(str) == full
+        report["wall_accuracy"] = float(hits[walls].mean()) if walls.any() else None
+        report["domain_accuracy"] = float(hits[~walls].mean()) if (~walls).any() else None
+        report["n_wall"] = int(walls.sum())
+    return report
+
+
+def _pct(value) -> str:
+    return "-" if value is None else f"{value:.2%}"
+
+
+def format_report(report: dict) -> str:
+    """The report as the lines the CLI prints."""
+    lines = [f"accuracy: {report['accuracy']:.2%} on {report['n']} positions"]
+    if "n_wall" in report:
+        wall, inside = report["wall_accuracy"], report["domain_accuracy"]
+        lines.append(f"domain-wall accuracy: {_pct(wall)} on {report['n_wall']} positions; "
+                     f"inside domains: {_pct(inside)} on {report['n'] - report['n_wall']}")
+    lines.append("per-class recall: " + ", ".join(
+        f"{c} {r:.2%}" if r is not None else f"{c} -" for c, r in report["per_class_recall"].items()))
+    classes = report["confusion"]["classes"]
+    width = max(len(c) for c in classes + ["truth \\ pred"]) + 2
+    lines.append("confusion matrix (rows: truth, columns: predicted):")
+    lines.append("truth \\ pred".ljust(width) + "".join(c.rjust(width) for c in classes))
+    for c, row in zip(classes, report["confusion"]["matrix"]):
+        lines.append(c.ljust(width) + "".join(str(v).rjust(width) for v in row))
+    return "\n".join(lines)

@@ -1,0 +1,219 @@
+"""The networks, and a trained model's files: weights as safetensors, everything else as JSON.
+
+Two architectures:
+
+* ``paper`` — exactly the paper's "ghost hunter" CNN: 3x3 convolutions to 16, 32 and 64
+  channels, each with ReLU and 2x2 max-pool, a dense layer of 128 and one output per
+  class. Its dense layer (64 x h/8 x w/8 -> 128, 8.4 M weights at 256 x 256) dominates its cost.
+* ``compact`` (the default) — the same kind of convolution stack, narrower, with one
+  more stage and an adaptive average pool to 4 x 4 before a small dense head, so the
+  cost no longer scales with a huge dense layer and any input size works.
+
+A model directory holds ``model.safetensors`` and ``model.json`` (classes, architecture,
+preprocessing, detector shape, training metrics and the weights' SHA-256, so a weights
+file that does not belong to the JSON is refused). Nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .errors import GhostmapError
+from .preprocessing import Preprocessing
+
+ARCHITECTURES = ("compact", "paper")
+WEIGHTS_FILE = "model.safetensors"
+META_FILE = "model.json"
+FORMAT = "ghostmap-model"
+REFERENCE_KEY = "preprocessing.reference"
+
+
+def _conv(cin: int, cout: int, norm: bool = False) -> list[nn.Module]:
+    layers = [nn.Conv2d(cin, cout, 3, padding=1, bias=not norm)]
+    if norm:
+        layers.append(nn.BatchNorm2d(cout))
+    return layers + [nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+
+
+class PaperNet(nn.Module):
+    """The paper's CNN (Figure 4), for a 1 x h x w input."""
+
+    def __init__(self, n_classes: int, input_shape: tuple[int, int]):
+        super().__init__()
+        h, w = input_shape
+        self.features = nn.Sequential(*_conv(1, 16), *_conv(16, 32), *_conv(32, 64))
+        self.head = nn.Sequential(
+            nn.Flatten(), nn.Linear(64 * (h // 8) * (w // 8), 128), nn.ReLU(inplace=True), nn.Linear(128, n_classes)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+class CompactNet(nn.Module):
+    """ghostmap's default: a narrow four-stage CNN with an adaptive pool before a small head."""
+
+    def __init__(self, n_classes: int, input_shape: tuple[int, int], width: int = 8):
+        super().__init__()
+        c1, c2, c3, c4 = width, 2 * width, 4 * width, 4 * width
+        self.features = nn.Sequential(
+            *_conv(1, c1, True), *_conv(c1, c2, True), *_conv(c2, c3, True),
+            nn.Conv2d(c3, c4, 3, padding=1, bias=False), nn.BatchNorm2d(c4), nn.ReLU(inplace=True),
+            nn.AdaptiveAvgPool2d(4),
+        )
+        self.head = nn.Sequential(
+            nn.Flatten(), nn.Dropout(0.2), nn.Linear(c4 * 16, 64), nn.ReLU(inplace=True), nn.Linear(64, n_classes)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def build_network(arch: str, n_classes: int, input_shape: tuple[int, int]) -> nn.Module:
+    """A freshly initialised network of the named architecture."""
+    if arch == "paper":
+        if min(input_shape) < 8:
+            raise GhostmapError(f"the paper architecture needs inputs of at least 8 x 8, got {input_shape}")
+        return PaperNet(n_classes, input_shape)
+    if arch == "compact":
+        return CompactNet(n_classes, input_shape)
+    raise GhostmapError(f"unknown architecture '{arch}'; choose one of {', '.join(ARCHITECTURES)}")
+
+
+@dataclass
+class Model:
+    """A trained classifier with everything needed to apply it to a new scan."""
+
+    network: nn.Module
+    classes: tuple[str, ...]
+    arch: str
+    preprocessing: Preprocessing
+    detector_shape: tuple[int, int]
+    metrics: dict = field(default_factory=dict)
+
+    @property
+    def input_shape(self) -> tuple[int, int]:
+        return self.preprocessing.output_shape(self.detector_shape)
+
+    def check_scan(self, detector_shape: tuple[int, int], source: str = "the scan") -> None:
+        """Refuse a scan whose detector shape differs from the one the model was trained on."""
+        if tuple(detector_shape) != tuple(self.detector_shape):
+            raise GhostmapError(
+                f"the model was trained on {self.detector_shape[0]} x {self.detector_shape[1]} patterns "
+                f"but {source} has {detector_shape[0]} x {detector_shape[1]}"
+            )
+
+    def save(self, directory: str | Path) -> Path:
+        """Write ``model.safetensors`` and ``model.json`` into ``directory``.
+
+        Both files are written into a fresh sibling folder first, which then takes the
+        place of ``directory``, so an interrupted save never leaves new weights beside an
+        old description; the previous model survives until the new one is complete.
+        """
+        directory = Path(directory)
+        if directory.exists() and not directory.is_dir():
+            raise GhostmapError(f"{directory} exists and is not a folder")
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
+        try:
+            self._write(staging)
+            _swap_in(staging, directory)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return directory
+
+    def _write(self, directory: Path) -> None:
+        state = {k: v.detach().cpu().contiguous() for k, v in self.network.state_dict().items()}
+        if self.preprocessing.reference is not None:
+            state[REFERENCE_KEY] = torch.as_tensor(self.preprocessing.reference, dtype=torch.float32).contiguous()
+        save_file(state, str(directory / WEIGHTS_FILE))
+        meta = {
+            "format": FORMAT,
+            "version": 1,
+            "classes": list(self.classes),
+            "arch": self.arch,
+            "input_shape": list(self.input_shape),
+            "detector_shape": list(self.detector_shape),
+            "preprocessing": self.preprocessing.to_dict(),
+            "metrics": self.metrics,
+            "weights_sha256": _sha256(directory / WEIGHTS_FILE),
+        }
+        (directory / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        os.chmod(directory, 0o777 & ~_umask())
+        for name in (WEIGHTS_FILE, META_FILE):
+            os.chmod(directory / name, 0o666 & ~_umask())
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "Model":
+        """Read a model directory written by :meth:`save`."""
+        directory = Path(directory)
+        meta_path, weights_path = directory / META_FILE, directory / WEIGHTS_FILE
+        if not directory.is_dir():
+            raise GhostmapError(f"no model directory at {directory}")
+        for p in (meta_path, weights_path):
+            if not p.is_file():
+                raise GhostmapError(f"{directory} is not a ghostmap model: {p.name} is missing")
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise GhostmapError(f"{meta_path} is not valid JSON: {exc}") from None
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            raise GhostmapError(f"{meta_path} is not a ghostmap model description")
+        if meta.get("weights_sha256") and meta["weights_sha256"] != _sha256(weights_path):
+            raise GhostmapError(f"{weights_path} does not belong to {meta_path} (checksum differs); retrain or restore both")
+        try:
+            classes = tuple(str(c) for c in meta["classes"])
+            prep = Preprocessing.from_dict(meta["preprocessing"])
+            detector_shape = tuple(int(v) for v in meta["detector_shape"])
+            network = build_network(meta["arch"], len(classes), prep.output_shape(detector_shape))
+            state = load_file(str(weights_path))
+            reference = state.pop(REFERENCE_KEY, None)
+            if prep.subtract_mean and reference is None:
+                raise ValueError("the reference pattern is missing")
+            prep.reference = reference.numpy() if reference is not None else None
+            network.load_state_dict(state)
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise GhostmapError(f"{directory} holds a damaged model: {str(exc).splitlines()[0]}") from None
+        network.eval()
+        return cls(network, classes, meta["arch"], prep, detector_shape, meta.get("metrics", {}))
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _swap_in(staging: Path, directory: Path) -> None:
+    """Put the complete model folder ``staging`` in the place of ``directory``."""
+    if not directory.exists():
+        os.replace(staging, directory)
+        return
+    others = {p.name for p in directory.iterdir()} - {WEIGHTS_FILE, META_FILE}
+    if others:  # a folder with the user's other files in it: replace our two files, the JSON last
+        os.replace(staging / WEIGHTS_FILE, directory / WEIGHTS_FILE)
+        os.replace(staging / META_FILE, directory / META_FILE)
+        return
+    backup = directory.with_name(f".{directory.name}.old")
+    shutil.rmtree(backup, ignore_errors=True)
+    os.replace(directory, backup)
+    os.replace(staging, directory)
+    shutil.rmtree(backup, ignore_errors=True)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

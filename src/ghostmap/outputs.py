@@ -1,0 +1,145 @@
+"""Files a user opens elsewhere: the predictions archive, the domain map, a summary figure.
+
+``predictions.npz`` holds ``labels`` (rows, cols) int64, ``probabilities`` (rows, cols, C)
+float32 and ``classes`` (C,) as a unicode string array (no pickled objects), plus
+``bright_field`` (rows, cols) float32 when known. ``domain_map.png`` is the paper's RGB
+map at one pixel per probe position: none red, vertical green, horizontal blue, each
+colour weighted by its probability so that uncertain domain walls show as mixed colours.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from .atomic import atomic_path  # noqa: E402
+from .errors import GhostmapError  # noqa: E402
+from .prediction import Prediction  # noqa: E402
+
+PREDICTIONS_FILE = "predictions.npz"
+DOMAIN_MAP_FILE = "domain_map.png"
+SUMMARY_FILE = "summary.png"
+CLASS_COLOURS = {"none": (1.0, 0.0, 0.0), "vertical": (0.0, 1.0, 0.0), "horizontal": (0.0, 0.0, 1.0)}
+_OTHER_COLOURS = [(1.0, 0.8, 0.0), (0.8, 0.0, 1.0), (0.0, 0.9, 0.9), (0.6, 0.6, 0.6)]
+
+
+def class_colours(classes) -> np.ndarray:
+    """(C, 3) RGB in 0..1: the paper's colours for its classes, distinct ones for others."""
+    others = iter(_OTHER_COLOURS * (len(classes) // len(_OTHER_COLOURS) + 1))
+    return np.array([CLASS_COLOURS.get(c, None) or next(others) for c in classes], float)
+
+
+def domain_rgb(probabilities: np.ndarray, classes) -> np.ndarray:
+    """(rows, cols, 3) uint8 image: class colours mixed by probability."""
+    rgb = np.asarray(probabilities, float) @ class_colours(classes)
+    return np.clip(np.round(rgb * 255), 0, 255).astype(np.uint8)
+
+
+def save_prediction(out_dir: str | Path, prediction: Prediction, title: str = "") -> dict[str, Path]:
+    """Write predictions.npz, domain_map.png and summary.png into ``out_dir``; return their paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"predictions": out_dir / PREDICTIONS_FILE, "domain_map": out_dir / DOMAIN_MAP_FILE,
+             "summary": out_dir / SUMMARY_FILE}
+    arrays = {
+        "labels": prediction.labels.astype(np.int64),
+        "probabilities": prediction.probabilities.astype(np.float32),
+        "classes": np.array(prediction.classes, dtype=str),
+    }
+    if prediction.bright_field is not None:
+        arrays["bright_field"] = prediction.bright_field.astype(np.float32)
+    with atomic_path(paths["predictions"]) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, **arrays)
+    rgb = domain_rgb(prediction.probabilities, prediction.classes)
+    with atomic_path(paths["domain_map"]) as tmp:
+        Image.fromarray(rgb, "RGB").save(tmp, format="png")
+    with atomic_path(paths["summary"]) as tmp:
+        summary_figure(prediction, title).savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+        plt.close("all")
+    return paths
+
+
+def load_prediction(path: str | Path) -> Prediction:
+    """Read ``predictions.npz`` (or the directory holding it)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / PREDICTIONS_FILE
+    if not path.is_file():
+        raise GhostmapError(f"no predictions at {path}; run 'ghostmap predict' first")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            labels, probs, classes = data["labels"], data["probabilities"], data["classes"]
+            bf = data["bright_field"] if "bright_field" in data else None
+    except (OSError, ValueError, KeyError) as exc:
+        raise GhostmapError(f"{path} is not a ghostmap predictions file: {exc}") from None
+    return Prediction(labels, probs, tuple(str(c) for c in classes), bf)
+
+
+def summary_figure(prediction: Prediction, title: str = ""):
+    """Domain map, confidence map and virtual bright-field image side by side."""
+    rows, cols = prediction.labels.shape
+    panels = 3 if prediction.bright_field is not None else 2
+    if cols > 2 * rows:  # wide scans (like the paper's 34 x 206) read better one above the other
+        fig, axes = plt.subplots(panels, 1, figsize=(10, panels * (10 * rows / cols + 0.8)), squeeze=False)
+    else:
+        fig, axes = plt.subplots(1, panels, figsize=(4.5 * panels, 4 * rows / cols + 0.8), squeeze=False)
+    axes = axes.ravel()
+    axes[0].imshow(domain_rgb(prediction.probabilities, prediction.classes), interpolation="nearest")
+    axes[0].set_title("domain map")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in class_colours(prediction.classes)]
+    axes[0].legend(handles, prediction.classes, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+    im = axes[1].imshow(prediction.confidence, vmin=1.0 / len(prediction.classes), vmax=1, cmap="magma",
+                        interpolation="nearest")
+    axes[1].set_title("confidence (max probability)")
+    fig.colorbar(im, ax=axes[1], fraction=0.03)
+    if prediction.bright_field is not None:
+        im = axes[2].imshow(prediction.bright_field, cmap="gray", interpolation="nearest")
+        axes[2].set_title("virtual bright field")
+        fig.colorbar(im, ax=axes[2], fraction=0.03)
+    for ax in axes:
+        ax.set_xlabel("scan column (x)")
+        ax.set_ylabel("scan row (y)")
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def save_labels_figure(path: str | Path, labels, background: np.ndarray | None = None,
+                       scan_shape: tuple[int, int] | None = None) -> Path:
+    """Labelled positions coloured by class, over a class-name map or an image (like the paper's Figure 7)."""
+    from .labels import class_order
+
+    fig, ax = plt.subplots(figsize=(10, 3))
+    if background is not None:
+        background = np.asarray(background)
+        if background.dtype.kind in "US":
+            classes = class_order([c for c in np.unique(background) if c])
+            onehot = np.stack([background == c for c in classes], -1).astype(float)
+            ax.imshow(0.35 + 0.65 * domain_rgb(onehot, classes) / 255.0, interpolation="nearest")
+        else:
+            ax.imshow(background, cmap="gray", interpolation="nearest")
+    elif scan_shape is not None:
+        ax.set_xlim(-0.5, scan_shape[1] - 0.5)
+        ax.set_ylim(scan_shape[0] - 0.5, -0.5)
+    classes = labels.classes
+    colours = class_colours(classes)
+    for c, colour in zip(classes, colours):
+        sel = labels.label == c
+        ax.scatter(labels.x[sel], labels.y[sel], s=14, color=colour, edgecolors="white", linewidths=0.6,
+                   label=f"{c} ({int(sel.sum())})")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+    ax.set_xlabel("scan column (x)")
+    ax.set_ylabel("scan row (y)")
+    ax.set_title(f"{len(labels)} labelled positions")
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path

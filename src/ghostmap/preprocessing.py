@@ -1,0 +1,315 @@
+"""Turn raw diffraction patterns into what the network sees, identically in training and prediction.
+
+One :class:`Preprocessing` object is fitted to a scan before training, stored in the model's
+JSON, and applied again by prediction, so the two can never disagree (the failure the
+paper authors' code suffered from). The steps, in order:
+
+1. **bad pixels** — hot pixels and dead columns, found once from the scan's mean and
+   maximum patterns, are replaced in every pattern by the mean of their good neighbours;
+   one hot pixel must never set the scale of a pattern.
+2. **crop** a detector window, then **bin** b x b pixels by summing counts (512 -> 256 by default).
+3. **pool** over the k x k neighbouring probe positions (mean by default; edges truncated,
+   never wrapped) to lift faint ghost disks above the counting noise.
+4. **transform** the counts (sqrt by default; log or gamma), then **normalise** each pattern
+   to zero mean and unit variance.
+
+Steps 1–3 are linear, so pooling can run after binning on the much smaller binned patterns.
+Everything runs on torch tensors of shape (n, det_row, det_col) so it is vectorised and
+multi-threaded; pooling works on blocks of shape (scan_row, scan_col, det_row, det_col).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import scipy.ndimage as ndi
+import torch
+
+from .errors import GhostmapError
+
+TRANSFORMS = ("sqrt", "log", "gamma", "none")
+NORMALISATIONS = ("standard", "none")
+POOL_MODES = ("mean", "max")
+
+
+@dataclass
+class Preprocessing:
+    """How raw patterns become network input. Stored with the model as JSON."""
+
+    bin: int | None = None  # None: the smallest factor that brings the detector to 256 pixels or fewer
+    crop: tuple[int, int, int, int] | None = None  # detector (row_start, row_stop, col_start, col_stop)
+    transform: str = "sqrt"
+    gamma: float = 0.5
+    normalise: str = "standard"
+    pool: int = 3
+    pool_mode: str = "mean"
+    bad_pixels: list[tuple[int, int]] = field(default_factory=list)  # detector (row, col)
+    subtract_mean: bool = False
+    # the transformed mean pattern of the training scan (h, w); stored in the weights file, not the JSON
+    reference: np.ndarray | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.transform not in TRANSFORMS:
+            raise GhostmapError(f"unknown transform '{self.transform}'; choose one of {', '.join(TRANSFORMS)}")
+        if self.normalise not in NORMALISATIONS:
+            raise GhostmapError(f"unknown normalisation '{self.normalise}'; choose one of {', '.join(NORMALISATIONS)}")
+        if self.pool_mode not in POOL_MODES:
+            raise GhostmapError(f"unknown pool mode '{self.pool_mode}'; choose one of {', '.join(POOL_MODES)}")
+        if self.bin is not None and int(self.bin) < 1:
+            raise GhostmapError(f"bin must be at least 1, got {self.bin}")
+        if int(self.pool) < 1 or int(self.pool) % 2 == 0:
+            raise GhostmapError(f"pool must be an odd number of probe positions (1, 3, 5, ...), got {self.pool}")
+        if self.gamma <= 0:
+            raise GhostmapError(f"gamma must be positive, got {self.gamma}")
+        self.bin = int(self.bin) if self.bin is not None else None
+        self.pool = int(self.pool)
+        if self.crop is not None:
+            self.crop = tuple(int(v) for v in self.crop)
+            if len(self.crop) != 4:
+                raise GhostmapError("crop needs four numbers: row_start, row_stop, col_start, col_stop")
+        self.bad_pixels = [(int(r), int(c)) for r, c in self.bad_pixels]
+        self._fill_cache: dict = {}
+
+    # --- serialisation -------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("reference")
+        d["crop"] = list(self.crop) if self.crop is not None else None
+        d["bad_pixels"] = [list(p) for p in self.bad_pixels]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Preprocessing":
+        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        return cls(**known)
+
+    # --- shapes --------------------------------------------------------------------------
+    def check_detector(self, detector_shape: tuple[int, int]) -> None:
+        """Raise if this preprocessing cannot apply to patterns of ``detector_shape``."""
+        rows, cols = detector_shape
+        if self.crop is not None:
+            r0, r1, c0, c1 = self.crop
+            if not (0 <= r0 < r1 <= rows and 0 <= c0 < c1 <= cols):
+                raise GhostmapError(f"crop {self.crop} does not fit a {rows} x {cols} detector")
+        h, w = self.output_shape(detector_shape)
+        if h < 8 or w < 8:
+            raise GhostmapError(f"after crop and bin {self.bin} the patterns would be only {h} x {w} pixels")
+
+    def resolve(self, detector_shape: tuple[int, int]) -> "Preprocessing":
+        """Fix the automatic choices (the bin factor) for ``detector_shape``; returns self."""
+        if self.bin is None:
+            size = max(detector_shape) if self.crop is None else max(self.crop[1] - self.crop[0], self.crop[3] - self.crop[2])
+            self.bin = max(1, -(-size // 256))
+        return self
+
+    def output_shape(self, detector_shape: tuple[int, int]) -> tuple[int, int]:
+        """Shape of one preprocessed pattern."""
+        self.resolve(detector_shape)
+        rows, cols = detector_shape
+        if self.crop is not None:
+            r0, r1, c0, c1 = self.crop
+            rows, cols = r1 - r0, c1 - c0
+        return rows // self.bin, cols // self.bin
+
+    # --- the per-pattern steps -------------------------------------------------------------
+    def reduce(self, patterns) -> torch.Tensor:
+        """Bad-pixel fill, crop and bin: raw (n, det_row, det_col) -> float32 counts (n, h, w)."""
+        x = torch.as_tensor(np.asarray(patterns) if not torch.is_tensor(patterns) else patterns)
+        x = x.to(torch.float32)
+        if x.ndim != 3:
+            raise ValueError(f"reduce expects (n, det_row, det_col), got shape {tuple(x.shape)}")
+        self.resolve(tuple(x.shape[1:]))
+        if self.bad_pixels:
+            x = self._fill_bad_pixels(x)
+        if self.crop is not None:
+            r0, r1, c0, c1 = self.crop
+            x = x[:, r0:r1, c0:c1]
+        b = self.bin
+        if b > 1:
+            n, h, w = x.shape
+            x = x[:, : h - h % b, : w - w % b]
+            x = torch.nn.functional.avg_pool2d(x.unsqueeze(1), b).squeeze(1) * (b * b)
+        return x.contiguous()
+
+    def finish(self, counts: torch.Tensor) -> torch.Tensor:
+        """Intensity transform and per-pattern normalisation of reduced counts (n, h, w)."""
+        x = counts.clamp_min(0)
+        if self.transform == "sqrt":
+            x = x.sqrt()
+        elif self.transform == "log":
+            x = x.log1p()
+        elif self.transform == "gamma":
+            x = x.pow(self.gamma)
+        if self.subtract_mean and self.reference is not None:
+            x = x - torch.as_tensor(self.reference, dtype=x.dtype)
+        if self.normalise == "standard":
+            flat = x.reshape(x.shape[0], -1)
+            mean = flat.mean(dim=1).view(-1, 1, 1)
+            std = flat.std(dim=1).view(-1, 1, 1)
+            x = (x - mean) / std.clamp_min(1e-6)
+        return x
+
+    def pool_block(self, counts: torch.Tensor) -> torch.Tensor:
+        """Pool reduced counts (scan_row, scan_col, h, w) over k x k probe positions.
+
+        Edges are truncated: a position near the edge averages only the neighbours that
+        exist. The caller passes the ``pool // 2`` halo rows above and below.
+        """
+        k = self.pool
+        if k == 1:
+            return counts
+        return _pool_axis(_pool_axis(counts, 1, k, self.pool_mode), 0, k, self.pool_mode)
+
+    def apply(self, patterns) -> torch.Tensor:
+        """Preprocess independent patterns (n, det_row, det_col), without neighbourhood pooling."""
+        return self.finish(self.reduce(patterns))
+
+    def _fill_bad_pixels(self, x: torch.Tensor) -> torch.Tensor:
+        shape = tuple(x.shape[1:])
+        if shape not in self._fill_cache:
+            self._fill_cache[shape] = _neighbour_table(self.bad_pixels, shape)
+        bad, neighbours, weights = self._fill_cache[shape]
+        if bad.numel() == 0:
+            return x
+        flat = x.reshape(x.shape[0], -1).clone()
+        values = (flat[:, neighbours] * weights).sum(-1) / weights.sum(-1).clamp_min(1)
+        flat[:, bad] = values
+        return flat.reshape(x.shape)
+
+
+def _pool_axis(x: torch.Tensor, axis: int, k: int, mode: str) -> torch.Tensor:
+    """Mean or max over a window of k along ``axis`` with truncated edges."""
+    n = x.shape[axis]
+    h = k // 2
+    out = x.clone()
+    count = torch.ones(n, dtype=x.dtype)
+    for shift in range(1, h + 1):
+        if shift >= n:
+            break
+        lo = x.narrow(axis, 0, n - shift)
+        hi = x.narrow(axis, shift, n - shift)
+        if mode == "mean":
+            out.narrow(axis, shift, n - shift).add_(lo)
+            out.narrow(axis, 0, n - shift).add_(hi)
+            count[shift:] += 1
+            count[: n - shift] += 1
+        else:
+            upper = out.narrow(axis, shift, n - shift)
+            upper.copy_(torch.maximum(upper, lo))
+            lower = out.narrow(axis, 0, n - shift)
+            lower.copy_(torch.maximum(lower, hi))
+    if mode == "mean":
+        view = [1] * x.ndim
+        view[axis] = n
+        out /= count.view(view)
+    return out
+
+
+def _neighbour_table(bad_pixels, shape):
+    """Flat indices of bad pixels and of their good 8-neighbours (weights 0 where absent)."""
+    rows, cols = shape
+    bad_mask = np.zeros(shape, bool)
+    pts = [(r, c) for r, c in bad_pixels if 0 <= r < rows and 0 <= c < cols]
+    for r, c in pts:
+        bad_mask[r, c] = True
+    offsets = [(dr, dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1) if (dr, dc) != (0, 0)]
+    neighbours = np.zeros((len(pts), 8), np.int64)
+    weights = np.zeros((len(pts), 8), np.float32)
+    for i, (r, c) in enumerate(pts):
+        for j, (dr, dc) in enumerate(offsets):
+            rr, cc = r + dr, c + dc
+            if 0 <= rr < rows and 0 <= cc < cols and not bad_mask[rr, cc]:
+                neighbours[i, j] = rr * cols + cc
+                weights[i, j] = 1.0
+    bad = torch.as_tensor([r * cols + c for r, c in pts], dtype=torch.int64)
+    return bad, torch.as_tensor(neighbours), torch.as_tensor(weights)
+
+
+def find_bad_pixels(mean: np.ndarray, maximum: np.ndarray, hot_ratio: float = 10.0) -> list[tuple[int, int]]:
+    """Hot pixels and dead pixels/columns from a scan's mean and maximum patterns.
+
+    Hot: the mean count is ``hot_ratio`` times above the local 5 x 5 median (plus one count),
+    which real features (disks several pixels wide) never are. Dead: never counted
+    anything although the neighbourhood did.
+    """
+    mean = np.asarray(mean, dtype=np.float64)
+    maximum = np.asarray(maximum, dtype=np.float64)
+    local = ndi.median_filter(mean, size=5, mode="nearest")
+    # a dead column makes its own neighbourhood median small; look sideways for it
+    side = np.maximum(ndi.shift(local, (0, 2), order=0, mode="nearest"), ndi.shift(local, (0, -2), order=0, mode="nearest"))
+    hot = mean > hot_ratio * (local + 1.0)
+    dead = (maximum <= 0) & (np.maximum(local, side) > 0.05)
+    rows, cols = np.nonzero(hot | dead)
+    return [(int(r), int(c)) for r, c in zip(rows, cols)]
+
+
+# --- applied to a scan --------------------------------------------------------------------
+def fit_preprocessing(scan, **options) -> Preprocessing:
+    """A :class:`Preprocessing` for ``scan``: the given options plus the scan's bad pixels.
+
+    Bad pixels are found from the mean and maximum of an evenly strided subset of
+    patterns, which is enough for defects that sit at the same place in every pattern.
+    """
+    from .reading import max_pattern, mean_pattern
+
+    prep = Preprocessing(**options).resolve(scan.detector_shape)
+    prep.check_detector(scan.detector_shape)
+    mean = mean_pattern(scan)
+    if not options.get("bad_pixels"):
+        prep.bad_pixels = find_bad_pixels(mean, max_pattern(scan))
+    if prep.subtract_mean:
+        prep.reference = reference_pattern(mean, prep)
+    return prep
+
+
+def reference_pattern(mean: np.ndarray, prep: Preprocessing) -> np.ndarray:
+    """The scan's mean pattern through reduce and transform: what every pattern has in common.
+
+    Subtracting it leaves the faint, class-dependent ghost disks (plus noise) as the
+    dominant structure, instead of the bright Bragg disks shared by all classes.
+    """
+    plain = Preprocessing(**{**prep.to_dict(), "subtract_mean": False, "normalise": "none"})
+    return plain.finish(plain.reduce(mean[None].astype(np.float32)))[0].numpy()
+
+
+def preprocess_positions(scan, rows, cols, prep: Preprocessing) -> torch.Tensor:
+    """Network input (n, h, w) for the probe positions (rows[i], cols[i]), with pooling."""
+    n_rows, n_cols = scan.scan_shape
+    half = prep.pool // 2
+    out = []
+    for r, c in zip(np.asarray(rows, int), np.asarray(cols, int)):
+        r0, r1 = max(0, r - half), min(n_rows, r + half + 1)
+        c0, c1 = max(0, c - half), min(n_cols, c + half + 1)
+        box = np.asarray(scan.read_box(r0, r1, c0, c1))
+        counts = prep.reduce(box.reshape(-1, *box.shape[2:]))
+        pooled = counts.mean(0) if prep.pool_mode == "mean" else counts.amax(0)
+        out.append(pooled)
+    if not out:
+        return torch.empty((0, *prep.output_shape(scan.detector_shape)))
+    return prep.finish(torch.stack(out))
+
+
+def preprocess_rows(scan, start: int, stop: int, prep: Preprocessing, raw: np.ndarray | None = None):
+    """Network input (stop-start, cols, h, w) for whole scan rows, plus their raw block.
+
+    ``raw`` may hold the rows ``[start - pool//2, stop + pool//2)`` (clipped to the scan)
+    already read, so a prefetching reader can do the I/O. Returns (inputs, raw).
+    """
+    n_rows = scan.scan_shape[0]
+    half = prep.pool // 2
+    lo, hi = max(0, start - half), min(n_rows, stop + half)
+    if raw is None:
+        raw = np.asarray(scan.read_rows(lo, hi))
+    r, c = raw.shape[:2]
+    counts = prep.reduce(raw.reshape(r * c, *raw.shape[2:]))
+    counts = counts.view(r, c, *counts.shape[1:])
+    counts = prep.pool_block(counts)[start - lo : stop - lo]
+    h, w = counts.shape[2:]
+    return prep.finish(counts.reshape(-1, h, w)).view(stop - start, c, h, w), raw
+
+
+def halo_rows(scan, start: int, stop: int, prep: Preprocessing) -> tuple[int, int]:
+    """The rows a block [start, stop) needs read, pooling halo included."""
+    half = prep.pool // 2
+    return max(0, start - half), min(scan.scan_shape[0], stop + half)

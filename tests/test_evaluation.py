@@ -1,0 +1,52 @@
+import numpy as np
+import pytest
+
+from ghostmap.errors import GhostmapError
+from ghostmap.evaluation import evaluate, format_report, wall_mask
+from ghostmap.labels import Labels
+
+
+def labels_of(truth):
+    rows, cols = truth.shape
+    yy, xx = np.mgrid[:rows, :cols]
+    return Labels(xx.ravel().astype(np.int64), yy.ravel().astype(np.int64), truth.ravel().astype(str))
+
+
+def test_wall_mask_marks_none_and_class_changes():
+    truth = np.array([["vertical"] * 8 + ["none"] + ["horizontal"] * 8] * 3)
+    walls = wall_mask(truth, distance=2)
+    # columns 7..10 are within 2 positions of a change (8|9 and 9|10 boundaries) or none
+    assert walls[:, 7:11].all()
+    assert not walls[:, :6].any() and not walls[:, 12:].any()
+
+
+def test_accuracy_recall_confusion_and_walls():
+    truth = np.array([["vertical"] * 6 + ["none"] + ["horizontal"] * 6] * 4)
+    predicted = truth.copy()
+    predicted[0, 0] = "horizontal"  # one error inside a domain
+    predicted[:, 6] = "vertical"  # the wall missed
+    report = evaluate(predicted, labels_of(truth))
+    n = truth.size
+    assert report["n"] == n
+    assert report["accuracy"] == pytest.approx((n - 5) / n)
+    assert report["per_class_recall"]["none"] == 0.0
+    assert report["per_class_recall"]["vertical"] == pytest.approx(23 / 24)
+    m = np.array(report["confusion"]["matrix"])
+    classes = report["confusion"]["classes"]
+    assert classes == ["none", "vertical", "horizontal"]
+    assert m[0, 1] == 4 and m[1, 2] == 1 and m.sum() == n
+    assert report["wall_accuracy"] < report["domain_accuracy"]
+    text = format_report(report)
+    assert "accuracy:" in text and "confusion matrix" in text
+
+
+def test_sparse_truth_has_no_wall_metric():
+    truth = Labels(np.array([0, 1]), np.array([0, 0]), np.array(["vertical", "none"]))
+    report = evaluate(np.array([["vertical", "vertical"], ["none", "none"]]), truth)
+    assert report["accuracy"] == 0.5 and "wall_accuracy" not in report
+
+
+def test_truth_outside_the_map():
+    truth = Labels(np.array([5]), np.array([0]), np.array(["vertical"]))
+    with pytest.raises(GhostmapError, match="outside the predicted map"):
+        evaluate(np.full((2, 3), "vertical"), truth)

@@ -1,0 +1,87 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from ghostmap.errors import GhostmapError
+from ghostmap.model import META_FILE, WEIGHTS_FILE, Model, PaperNet, build_network
+from ghostmap.preprocessing import Preprocessing
+
+
+def make_model(arch="compact", reference=False):
+    prep = Preprocessing(bin=2, bad_pixels=[(1, 2)], subtract_mean=reference)
+    if reference:
+        prep.reference = np.random.default_rng(0).normal(size=(16, 16)).astype(np.float32)
+    torch.manual_seed(0)
+    net = build_network(arch, 3, (16, 16)).eval()
+    return Model(net, ("none", "vertical", "horizontal"), arch, prep, (32, 32), {"val_loss": 0.5})
+
+
+def test_paper_network_matches_the_paper():
+    net = PaperNet(3, (256, 256))
+    convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [16, 32, 64]
+    assert all(c.kernel_size == (3, 3) for c in convs)
+    dense = [m for m in net.modules() if isinstance(m, torch.nn.Linear)]
+    assert (dense[0].in_features, dense[0].out_features) == (64 * 32 * 32, 128)
+    assert dense[-1].out_features == 3
+    assert net(torch.zeros(2, 1, 256, 256)).shape == (2, 3)
+
+
+@pytest.mark.parametrize("shape", [(64, 64), (128, 96), (256, 256)])
+def test_compact_network_takes_any_input_size(shape):
+    net = build_network("compact", 4, shape)
+    assert net(torch.zeros(3, 1, *shape)).shape == (3, 4)
+    paper = sum(p.numel() for p in build_network("paper", 3, (256, 256)).parameters())
+    compact = sum(p.numel() for p in build_network("compact", 3, (256, 256)).parameters())
+    assert compact < paper / 50
+
+
+def test_unknown_architecture():
+    with pytest.raises(GhostmapError, match="unknown architecture 'resnet'"):
+        build_network("resnet", 3, (64, 64))
+
+
+@pytest.mark.parametrize("reference", [False, True])
+def test_save_load_round_trip(tmp_path, reference):
+    model = make_model(reference=reference)
+    model.save(tmp_path / "m")
+    meta = json.loads((tmp_path / "m" / META_FILE).read_text())
+    assert meta["classes"] == ["none", "vertical", "horizontal"]
+    assert meta["arch"] == "compact" and meta["detector_shape"] == [32, 32] and meta["input_shape"] == [16, 16]
+    assert meta["preprocessing"]["bad_pixels"] == [[1, 2]]
+    assert "reference" not in meta["preprocessing"]
+    again = Model.load(tmp_path / "m")
+    x = torch.randn(5, 1, 16, 16)
+    with torch.inference_mode():
+        torch.testing.assert_close(model.network(x), again.network(x))
+    if reference:
+        np.testing.assert_array_equal(again.preprocessing.reference, model.preprocessing.reference)
+    # the weights file is safetensors: an 8-byte header length followed by JSON
+    raw = (tmp_path / "m" / WEIGHTS_FILE).read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    assert json.loads(raw[8 : 8 + n])
+
+
+def test_tampered_weights_are_refused(tmp_path):
+    make_model().save(tmp_path / "m")
+    other = make_model("paper")
+    other.save(tmp_path / "other")
+    (tmp_path / "m" / WEIGHTS_FILE).write_bytes((tmp_path / "other" / WEIGHTS_FILE).read_bytes())
+    with pytest.raises(GhostmapError, match="does not belong"):
+        Model.load(tmp_path / "m")
+
+
+def test_missing_files(tmp_path):
+    with pytest.raises(GhostmapError, match="no model directory"):
+        Model.load(tmp_path / "nothing")
+    make_model().save(tmp_path / "m")
+    (tmp_path / "m" / META_FILE).unlink()
+    with pytest.raises(GhostmapError, match="model.json is missing"):
+        Model.load(tmp_path / "m")
+
+
+def test_detector_mismatch_is_named():
+    with pytest.raises(GhostmapError, match="trained on 32 x 32 patterns but scan.npy has 64 x 64"):
+        make_model().check_scan((64, 64), "scan.npy")

@@ -1,0 +1,99 @@
+import numpy as np
+import pytest
+import torch
+
+from ghostmap.demo import label_loop
+from ghostmap.errors import GhostmapError
+from ghostmap.labels import Labels
+from ghostmap.prediction import predict
+from ghostmap.preprocessing import fit_preprocessing
+from ghostmap.reading import as_scan
+from ghostmap.simulate import simulate_scan
+from ghostmap.training import TrainingOptions, augment_batch, stratified_split, swap_pairs, train
+
+
+@pytest.fixture(scope="module")
+def small_scan():
+    data, truth = simulate_scan((20, 60), detector=64, seed=3)
+    return as_scan(data), truth
+
+
+def test_stratified_split_keeps_every_class_in_both_parts():
+    y = np.array([0] * 20 + [1] * 8 + [2] * 2 + [3])
+    train_idx, val_idx = stratified_split(y, 0.2, np.random.default_rng(0))
+    assert set(y[val_idx]) == {0, 1, 2}
+    assert set(y[train_idx]) == {0, 1, 2, 3}  # a single label stays in training
+    assert len(set(train_idx) & set(val_idx)) == 0 and len(train_idx) + len(val_idx) == len(y)
+    assert len(val_idx) == 4 + 2 + 1
+
+
+def test_augmentation_only_flips_and_transposes():
+    classes = ("none", "vertical", "horizontal")
+    x = torch.zeros(64, 1, 8, 8)
+    x[:, 0, 2, 5] = 1.0  # an asymmetric marker
+    y = torch.tensor([0, 1, 2, 1] * 16)
+    xa, ya = augment_batch(x, y, swap_pairs(classes), torch.Generator().manual_seed(0))
+    for i in range(64):
+        (r, c), = np.argwhere(xa[i, 0].numpy() == 1)
+        assert {int(r), 7 - int(r)} == {2, 5} and {int(c), 7 - int(c)} == {2, 5}
+    assert (ya[y == 0] == 0).all()  # 'none' never changes
+    assert (ya != y).any()
+    assert swap_pairs(("a", "b")) is None
+
+
+def test_transpose_swaps_label_exactly():
+    classes = ("none", "vertical", "horizontal")
+    x = torch.zeros(200, 1, 6, 6)
+    x[:, 0, 0, 3] = 1.0  # marker at row 0: after a transpose it sits in column 0 or 5
+    y = torch.full((200,), 2)
+    xa, ya = augment_batch(x, y, swap_pairs(classes), torch.Generator().manual_seed(1))
+    pos = [tuple(np.argwhere(p[0].numpy() == 1)[0]) for p in xa]
+    was_transposed = torch.tensor([c in (0, 5) and r not in (0, 5) for r, c in pos])
+    assert (ya[was_transposed] == 1).all() and (ya[~was_transposed] == 2).all()
+    assert 50 < int(was_transposed.sum()) < 150
+
+
+def test_training_learns_the_domains(small_scan):
+    scan, truth = small_scan
+    labels, _ = label_loop(truth, 40, seed=0)
+    model = train(scan, labels, TrainingOptions(seed=0, epochs=150))
+    result = predict(scan, model)
+    accuracy = (result.label_names() == truth).mean()
+    polar = truth != "none"
+    assert (result.label_names()[polar] == truth[polar]).mean() > 0.9
+    assert accuracy > 0.85
+    assert not model.metrics["collapsed"]
+    assert model.metrics["n_train"] + model.metrics["n_validation"] == len(labels)
+
+
+def test_training_is_reproducible(small_scan):
+    scan, truth = small_scan
+    labels, _ = label_loop(truth, 24, seed=1)
+    prep = fit_preprocessing(scan)
+    a = train(scan, labels, TrainingOptions(seed=5, epochs=3), preprocessing=prep)
+    b = train(scan, labels, TrainingOptions(seed=5, epochs=3), preprocessing=prep)
+    c = train(scan, labels, TrainingOptions(seed=6, epochs=3), preprocessing=prep)
+    sa, sb, sc = (m.network.state_dict() for m in (a, b, c))
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not all(torch.equal(sa[k], sc[k]) for k in sa)
+
+
+def test_collapse_is_detected():
+    # identical patterns under different labels: no model can separate them
+    data = np.full((6, 6, 32, 32), 5, np.uint16)
+    labels = Labels(np.arange(6, dtype=np.int64), np.zeros(6, np.int64),
+                    np.array(["vertical", "horizontal"] * 3))
+    model = train(as_scan(data), labels, TrainingOptions(seed=0, epochs=2))
+    assert model.metrics["collapsed"]
+    assert len(model.metrics["predicted_classes"]) == 1
+
+
+def test_bad_labels_are_refused(small_scan):
+    scan, _ = small_scan
+    one_class = Labels(np.arange(5, dtype=np.int64), np.zeros(5, np.int64), np.array(["vertical"] * 5))
+    with pytest.raises(GhostmapError, match="single class"):
+        train(scan, one_class)
+    outside = Labels(np.array([0, 1, 2, 99], np.int64), np.zeros(4, np.int64),
+                     np.array(["vertical", "none", "vertical", "none"]))
+    with pytest.raises(GhostmapError, match="outside the scan"):
+        train(scan, outside)
