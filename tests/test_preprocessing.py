@@ -114,7 +114,7 @@ def test_row_blocks_and_single_positions_agree(pool):
     data = rng.poisson(3, size=(6, 7, 16, 16)).astype(np.uint16)
     scan = as_scan(data)
     prep = Preprocessing(bin=2, pool=pool, bad_pixels=[(3, 3)])
-    rows, _ = preprocess_rows(scan, 1, 5, prep)
+    rows = preprocess_rows(scan, 1, 5, prep)
     rr, cc = np.mgrid[1:5, 0:7]
     single = preprocess_positions(scan, rr.ravel(), cc.ravel(), prep)
     torch.testing.assert_close(rows.reshape(-1, 8, 8), single, atol=1e-5, rtol=1e-5)

@@ -20,7 +20,9 @@ multi-threaded; pooling works on blocks of shape (scan_row, scan_col, det_row, d
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from typing import Callable, Iterator
 
 import numpy as np
 import scipy.ndimage as ndi
@@ -113,10 +115,19 @@ class Preprocessing:
         return rows // self.bin, cols // self.bin
 
     # --- the per-pattern steps -------------------------------------------------------------
-    def reduce(self, patterns) -> torch.Tensor:
-        """Bad-pixel fill, crop and bin: raw (n, det_row, det_col) -> float32 counts (n, h, w)."""
-        x = torch.as_tensor(np.asarray(patterns) if not torch.is_tensor(patterns) else patterns)
-        x = x.to(torch.float32)
+    def reduce(self, patterns, chunk_pixels: int = 1 << 22) -> torch.Tensor:
+        """Bad-pixel fill, crop and bin: raw (n, det_row, det_col) -> float32 counts (n, h, w).
+
+        Raw patterns are converted to float in chunks of about ``chunk_pixels`` pixels so
+        that a block of large uint16 patterns never exists as float32 all at once.
+        """
+        if not torch.is_tensor(patterns):
+            patterns = np.asarray(patterns)
+        n = patterns.shape[0]
+        per = max(1, chunk_pixels // max(1, int(np.prod(patterns.shape[1:]))))
+        if n > per:
+            return torch.cat([self.reduce(patterns[i : i + per], chunk_pixels) for i in range(0, n, per)])
+        x = torch.as_tensor(patterns).to(torch.float32)
         if x.ndim != 3:
             raise ValueError(f"reduce expects (n, det_row, det_col), got shape {tuple(x.shape)}")
         self.resolve(tuple(x.shape[1:]))
@@ -290,26 +301,65 @@ def preprocess_positions(scan, rows, cols, prep: Preprocessing) -> torch.Tensor:
     return prep.finish(torch.stack(out))
 
 
-def preprocess_rows(scan, start: int, stop: int, prep: Preprocessing, raw: np.ndarray | None = None):
-    """Network input (stop-start, cols, h, w) for whole scan rows, plus their raw block.
+def block_rows(scan, max_bytes: int = 32 * 2**20) -> int:
+    """Scan rows per read so that one raw block stays under ``max_bytes`` (at least one row)."""
+    row_bytes = scan.scan_shape[1] * int(np.prod(scan.detector_shape)) * np.dtype(scan.dtype).itemsize
+    return max(1, min(scan.scan_shape[0], max_bytes // max(1, row_bytes)))
 
-    ``raw`` may hold the rows ``[start - pool//2, stop + pool//2)`` (clipped to the scan)
-    already read, so a prefetching reader can do the I/O. Returns (inputs, raw).
+
+def _read_blocks(scan, blocks, prefetch: bool):
+    """Yield ((start, stop), raw rows) for each block, reading the next one in a background thread."""
+    def read(block):
+        return np.asarray(scan.read_rows(*block))
+
+    if not prefetch:
+        for block in blocks:
+            yield block, read(block)
+        return
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(read, blocks[0]) if blocks else None
+        for i, block in enumerate(blocks):
+            raw = pending.result()
+            if i + 1 < len(blocks):
+                pending = pool.submit(read, blocks[i + 1])
+            yield block, raw
+
+
+def stream_rows(scan, prep: Preprocessing, start: int = 0, stop: int | None = None,
+                rows_per_block: int | None = None, prefetch: bool = True,
+                on_raw: Callable[[int, np.ndarray], None] | None = None) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """Yield (row_start, row_stop, network input (rows, cols, h, w)) for scan rows [start, stop).
+
+    Each scan row is read once; only the reduced rows that pooling still needs are kept,
+    so memory stays bounded whatever the scan size. ``on_raw(first_row, raw_block)`` sees
+    every raw block (to sum a virtual image on the way, say).
     """
-    n_rows = scan.scan_shape[0]
+    n_rows, n_cols = scan.scan_shape
+    stop = n_rows if stop is None else stop
     half = prep.pool // 2
     lo, hi = max(0, start - half), min(n_rows, stop + half)
-    if raw is None:
-        raw = np.asarray(scan.read_rows(lo, hi))
-    r, c = raw.shape[:2]
-    counts = prep.reduce(raw.reshape(r * c, *raw.shape[2:]))
-    counts = counts.view(r, c, *counts.shape[1:])
-    counts = prep.pool_block(counts)[start - lo : stop - lo]
-    h, w = counts.shape[2:]
-    return prep.finish(counts.reshape(-1, h, w)).view(stop - start, c, h, w), raw
+    step = rows_per_block or block_rows(scan)
+    blocks = [(b, min(b + step, hi)) for b in range(lo, hi, step)]
+    h, w = prep.output_shape(scan.detector_shape)
+    buffer, buf_start, next_out = None, lo, start
+    for (b0, b1), raw in _read_blocks(scan, blocks, prefetch):
+        if on_raw:
+            on_raw(b0, raw)
+        reduced = prep.reduce(raw.reshape(-1, *raw.shape[2:])).view(b1 - b0, n_cols, h, w)
+        buffer = reduced if buffer is None else torch.cat([buffer, reduced])
+        ready = stop if b1 >= hi else min(stop, b1 - half)
+        if ready <= next_out:
+            continue
+        first = max(buf_start, next_out - half)
+        segment = buffer[first - buf_start : min(b1, ready + half) - buf_start]
+        pooled = prep.pool_block(segment)[next_out - first : ready - first]
+        yield next_out, ready, prep.finish(pooled.reshape(-1, h, w)).view(ready - next_out, n_cols, h, w)
+        next_out = ready
+        keep = max(lo, next_out - half)
+        buffer, buf_start = buffer[keep - buf_start :], keep
 
 
-def halo_rows(scan, start: int, stop: int, prep: Preprocessing) -> tuple[int, int]:
-    """The rows a block [start, stop) needs read, pooling halo included."""
-    half = prep.pool // 2
-    return max(0, start - half), min(scan.scan_shape[0], stop + half)
+def preprocess_rows(scan, start: int, stop: int, prep: Preprocessing) -> torch.Tensor:
+    """Network input (stop-start, cols, h, w) for whole scan rows [start, stop), with pooling."""
+    parts = [x for _, _, x in stream_rows(scan, prep, start, stop, prefetch=False)]
+    return torch.cat(parts)

@@ -132,6 +132,8 @@ class Scan:
     def read_rows(self, start: int, stop: int) -> np.ndarray:
         """Scan rows ``start:stop`` as an array (stop-start, cols, det_rows, det_cols)."""
         start, stop = _check_range(start, stop, self.shape[0], "rows")
+        if _file_backed_rows(self.data):
+            return _read_file_rows(self.data, start, stop)
         return _materialise(self.data[start:stop])
 
     def read_box(self, row0: int, row1: int, col0: int, col1: int) -> np.ndarray:
@@ -161,6 +163,31 @@ class Scan:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _file_backed_rows(data) -> bool:
+    """A C-ordered memory map whose rows can be read with plain file reads."""
+    return isinstance(data, np.memmap) and data.flags.c_contiguous and getattr(data, "filename", None) is not None
+
+
+def _read_file_rows(data: np.memmap, start: int, stop: int) -> np.ndarray:
+    """Rows of a memory-mapped .npy read with ordinary file reads.
+
+    Slicing the map would leave every page it touched resident in this process, so the
+    resident size of a long prediction would grow to the file size; a plain read does not.
+    """
+    row_bytes = math.prod(data.shape[1:]) * data.dtype.itemsize
+    out = np.empty((stop - start, *data.shape[1:]), dtype=data.dtype)
+    view = memoryview(out.reshape(-1).view(np.uint8))
+    with open(data.filename, "rb") as f:
+        f.seek(data.offset + start * row_bytes)
+        done = 0
+        while done < len(view):
+            n = f.readinto(view[done:])
+            if not n:
+                raise GhostmapError(f"{data.filename} is truncated")
+            done += n
+    return out if out.dtype.isnative else out.astype(out.dtype.newbyteorder("="))
 
 
 def _check_range(start, stop, size: int, what: str) -> tuple[int, int]:

@@ -23,9 +23,10 @@ import torch
 import torch.nn.functional as F
 
 from .errors import GhostmapError
-from .labels import Labels, class_order, require_trainable
+from .labels import Labels, class_order, read_labels, require_trainable
 from .model import Model, build_network
 from .preprocessing import Preprocessing, fit_preprocessing, preprocess_positions
+from .reading import as_scan
 
 
 @dataclass
@@ -116,9 +117,15 @@ def train(
 ) -> Model:
     """Fit a classifier to ``labels`` on ``scan`` and return it with its training metrics.
 
+    ``scan`` is anything :func:`ghostmap.reading.as_scan` takes (a path, a NumPy array, an
+    h5py dataset, a hyperspy or py4DSTEM object); ``labels`` a :class:`Labels` or a label file.
+
     ``progress(epoch, epochs, stats)`` is called after every epoch.
     """
     options = options or TrainingOptions()
+    scan = as_scan(scan)
+    if not isinstance(labels, Labels):
+        labels = read_labels(labels, scan_shape=scan.scan_shape)
     require_trainable(labels, "the labels")
     if len(labels) < 4:
         raise GhostmapError(f"only {len(labels)} labels; training needs at least 4")
