@@ -167,17 +167,18 @@ def naive_loop(path: str, model_dir: str, limit: int, device: str) -> dict:
     model = Model.load(model_dir)
     network = model.network.to(device).eval()
     prep = model.preprocessing
-    start = time.perf_counter()
-    done = 0
     with open_scan(path) as scan, torch.no_grad():
         rows, cols = scan.scan_shape
-        for i in range(min(limit, scan.n_patterns)):
+        done = min(limit, scan.n_patterns)
+        for i in range(done):
+            if i == 1:  # the first pattern pays one-off set-up costs; time the steady rate after it
+                start = time.perf_counter()
             pattern = scan.read_pattern(i // cols, i % cols)
             x = prep.apply(pattern[None]).unsqueeze(1).to(device)
-            int(network(x).argmax(1)[0])  # .item(): wait for the result, as a per-pattern loop does
-            done += 1
+            int(network(x).argmax(1)[0])  # wait for the answer, as a per-pattern loop does
+        loop = time.perf_counter() - start if done > 1 else 0.0
         n = scan.n_patterns
-    return {"patterns": done, "total_patterns": n, "loop_seconds": time.perf_counter() - start}
+    return {"patterns": done, "timed_patterns": done - 1, "loop_seconds": loop, "total_patterns": n}
 
 
 @dataclass
@@ -312,13 +313,15 @@ def train_models(args, scan_path: Path, labels_path: Path, truth_path: Path, dev
     return results
 
 
-def bench_read(args, path: Path, fmt: str, say) -> Row:
+def bench_read(args, path: Path, fmt: str, say) -> tuple[Row, float]:
+    """The bare read pass, and (second) the median seconds of its loop alone, start-up excluded."""
     runs = []
     for i in range(args.repeats):
         runs.append(measured(self_cmd("_read", str(path)), f"read pass {fmt}"))
         say(f"read pass {fmt} {i + 1}/{args.repeats}: {runs[-1].seconds:.2f} s")
     seconds, rss = median_run(runs)
-    return Row("read pass (floor)", fmt, "-", runs[0].report["patterns"], seconds, rss)
+    loop = statistics.median(r.report["loop_seconds"] for r in runs)
+    return Row("read pass (floor)", fmt, "-", runs[0].report["patterns"], seconds, rss), loop
 
 
 def bench_predict(args, path: Path, fmt: str, model: dict, say) -> tuple[Row, Path]:
@@ -341,14 +344,15 @@ def bench_naive(args, path: Path, fmt: str, model: dict, say) -> Row:
         runs.append(measured(self_cmd("_naive", str(path), str(model["model"]), str(args.naive_patterns), device),
                              f"naive loop {fmt}"))
         say(f"naive loop {fmt} {device} {i + 1}/{args.repeats}: {runs[-1].seconds:.2f} s")
-    # whole-scan time = start-up (process time outside the loop) + the loop's per-pattern rate x all patterns
+    # whole-scan time = this run's wall time + the patterns it left out at its steady per-pattern rate
     estimates = []
     for r in runs:
-        done, total, loop = r.report["patterns"], r.report["total_patterns"], r.report["loop_seconds"]
-        estimates.append((r.seconds - loop) + loop * total / done)
+        rep = r.report
+        rate = rep["loop_seconds"] / max(rep["timed_patterns"], 1)
+        estimates.append(r.seconds + rate * (rep["total_patterns"] - rep["patterns"]))
     done, total = runs[0].report["patterns"], runs[0].report["total_patterns"]
-    note = f"timed on the first {done} patterns, extrapolated" if done < total else ""
-    return Row("naive loop, paper (batch of 1)", fmt, device, total, statistics.median(estimates),
+    note = f"timed on the first {done:,} of {total:,} patterns, extrapolated" if done < total else ""
+    return Row("naive loop, paper", fmt, device, total, statistics.median(estimates),
                max(r.peak_rss for r in runs), note)
 
 
@@ -389,12 +393,22 @@ def machine_info(devices: list[str]) -> dict:
                                 text=True, timeout=10).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         commit = None
+    thread_env = {k: os.environ[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS") if k in os.environ}
     return {"cpu": cpu, "cores": os.cpu_count(), "ram": ram, "gpu": gpu, "os": platform.platform(),
+            "load": os.getloadavg()[0] if hasattr(os, "getloadavg") else None, "thread_env": thread_env,
             "python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
             "numpy": numpy.__version__, "h5py": h5py.__version__, "commit": commit, "devices": devices}
 
 
 # ------------------------------------------------------------------------- reporting
+
+
+@dataclass
+class Table:
+    title: str
+    head: list[str]
+    body: list[list[str]]
+    footnotes: list[str] = field(default_factory=list)
 
 
 def mb(n: int) -> str:
@@ -405,23 +419,27 @@ def pct(v) -> str:
     return "-" if v is None else f"{v:.1%}"
 
 
-def throughput_table(rows: list[Row], floor: dict[str, float]) -> tuple[list[str], list[list[str]]]:
+def throughput_table(rows: list[Row], floor: dict[str, float]) -> Table:
     head = ["step", "format", "device", "patterns/s", "seconds", "x read pass", "peak RSS (MB)"]
-    body = []
+    body, notes = [], []
     for r in rows:
-        name = r.step + (f" ({r.note})" if r.note else "")
+        name = r.step
+        if r.note:
+            if r.note not in notes:
+                notes.append(r.note)
+            name += f" [{notes.index(r.note) + 1}]"
         ratio = r.seconds / floor[r.fmt] if floor.get(r.fmt) else float("nan")
-        body.append([name, r.fmt, r.device, f"{r.patterns / r.seconds:,.0f}", f"{r.seconds:,.2f}",
+        body.append([name, r.fmt, r.device, f"{r.patterns / r.seconds:,.1f}", f"{r.seconds:,.2f}",
                      f"{ratio:,.1f}", mb(r.peak_rss)])
-    return head, body
+    return Table("Throughput (medians)", head, body, [f"[{i + 1}] {n}" for i, n in enumerate(notes)])
 
 
-def training_table(models: list[dict]) -> tuple[list[str], list[list[str]]]:
+def training_table(models: list[dict]) -> Table:
     head = ["network", "device", "train seconds", "epochs (best)", "peak RSS (MB)", "accuracy, all positions",
             "accuracy, domain walls"]
     body = [[m["arch"], m["device"], f"{m['seconds']:.1f}", f"{m['epochs']} ({m['best_epoch']})", mb(m["peak_rss"]),
              pct(m["accuracy"]), pct(m["wall_accuracy"])] for m in models]
-    return head, body
+    return Table("Training and accuracy", head, body)
 
 
 def markdown_table(head: list[str], body: list[list[str]]) -> str:
@@ -440,25 +458,29 @@ def _is_number(text: str) -> bool:
         return text == "-"
 
 
-def print_tables(tables: list[tuple[str, list[str], list[list[str]]]]) -> None:
+def print_tables(tables: list[Table]) -> None:
     try:
+        from rich import box
         from rich.console import Console
-        from rich.table import Table
+        from rich.table import Table as RichTable
     except ImportError:
-        for title, head, body in tables:
-            print(f"\n{title}\n{markdown_table(head, body)}")
+        for t in tables:
+            print("\n".join([f"\n{t.title}", markdown_table(t.head, t.body), *t.footnotes]))
         return
     console = Console()
-    for title, head, body in tables:
-        table = Table(title=title, title_justify="left")
-        for i, h in enumerate(head):
-            table.add_column(h, justify="right" if i >= 3 or h in ("train seconds",) else "left")
-        for row in body:
+    if not console.is_terminal:
+        console = Console(width=130)
+    for t in tables:
+        table = RichTable(title=t.title, title_justify="left", box=box.SIMPLE_HEAD,
+                          caption="\n".join(t.footnotes) or None, caption_justify="left")
+        for h in t.head:
+            table.add_column(h, justify="left" if h in ("step", "format", "device", "network") else "right")
+        for row in t.body:
             table.add_row(*row)
         console.print(table)
 
 
-def markdown_section(args, info: dict, data: dict, tables, notes: list[str]) -> str:
+def markdown_section(args, info: dict, data: dict, tables: list[Table], notes: list[str]) -> str:
     rows, cols = args.scan_shape
     ram = f"{info['ram'] / 2**30:.0f} GiB" if info["ram"] else "unknown"
     parts = [
@@ -473,8 +495,10 @@ def markdown_section(args, info: dict, data: dict, tables, notes: list[str]) -> 
         "```",
         "",
         f"- **Machine:** {info['cpu']}, {info['cores']} logical cores, {ram} RAM; "
-        f"GPU: {info['gpu'] or 'none'}; {info['os']}",
-        f"- **Software:** Python {info['python']}, torch {info['torch']} ({info['threads']} threads), "
+        f"GPU: {info['gpu'] or 'none'}; {info['os']}; load average {info['load_start']:.2f} at the start, "
+        f"{info['load_end']:.2f} at the end",
+        f"- **Software:** Python {info['python']}, torch {info['torch']} ({info['threads']} threads"
+        + "".join(f", {k}={v}" for k, v in info["thread_env"].items()) + "), "
         f"numpy {info['numpy']}, h5py {info['h5py']}",
         f"- **Scan:** simulated, {rows} x {cols} = {rows * cols:,} patterns of {args.detector} x {args.detector} "
         f"uint16 ({data['nbytes'] / 1e9:.2f} GB per file); .npy memory-mapped, HDF5 chunked one scan row per chunk, "
@@ -483,8 +507,9 @@ def markdown_section(args, info: dict, data: dict, tables, notes: list[str]) -> 
         f"seed {args.seed}",
         "",
     ]
-    for title, head, body in tables:
-        parts += [f"**{title}**", "", markdown_table(head, body), ""]
+    for t in tables:
+        parts += [f"**{t.title}**", "", markdown_table(t.head, t.body), ""]
+        parts += [f"{n}  " for n in t.footnotes] + ([""] if t.footnotes else [])
     parts += ["How it was measured:", ""] + [f"- {n}" for n in notes] + ["", END]
     return "\n".join(parts) + "\n"
 
@@ -515,6 +540,9 @@ def main(argv: list[str]) -> None:
         print(f"[{time.perf_counter() - began:7.1f} s] {text}", file=sys.stderr, flush=True)
 
     info = machine_info(args.devices)
+    info["load_start"] = info["load"] or 0.0
+    if info["load_start"] > 0.25 * (os.cpu_count() or 1):
+        say(f"warning: load average {info['load_start']:.2f} on {os.cpu_count()} cores; other work will skew the timings")
     paths = {fmt: simulated_scan(args, fmt, say) for fmt in args.formats}
     first = paths[args.formats[0]]
     truth_path, truth = truth_of(first, args.scan_shape)
@@ -529,11 +557,14 @@ def main(argv: list[str]) -> None:
         measured(self_cmd("_read", str(path)), f"warm-up read {fmt}")
     say("page cache warmed")
 
+    startup = statistics.median(measured([sys.executable, "-c", "import ghostmap"], "import ghostmap").seconds
+                                for _ in range(args.repeats))
     rows: list[Row] = []
     floor: dict[str, float] = {}
+    read_loops: dict[str, float] = {}
     same: dict[str, bool] = {}
     for fmt, path in paths.items():
-        read = bench_read(args, path, fmt, say)
+        read, read_loops[fmt] = bench_read(args, path, fmt, say)
         floor[fmt] = read.seconds
         rows.append(read)
         for model in models:
@@ -546,13 +577,16 @@ def main(argv: list[str]) -> None:
                 if model["arch"] == "paper":
                     rows.append(bench_naive(args, path, fmt, model, say))
 
-    import numpy as np
-
-    nbytes = int(np.prod(args.scan_shape)) * args.detector ** 2 * 2
+    n_patterns = args.scan_shape[0] * args.scan_shape[1]
+    nbytes = n_patterns * args.detector ** 2 * 2
+    info["load_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
     notes = [
         f"Each throughput figure is the median of {args.repeats} run(s); peak RSS is the largest of them.",
         "Every step runs as its own process, as a user would run it, so its seconds are the process's wall time "
         "including interpreter start-up, imports and model loading; patterns/s = all patterns / those seconds.",
+        f"Start-up alone (`python -c 'import ghostmap'`, which imports torch) takes {startup:.2f} s; without "
+        "start-up the read pass's loop takes " + ", ".join(
+            f"{s:.2f} s on {f} ({n_patterns / s:,.0f} patterns/s)" for f, s in read_loops.items()) + ".",
         "Peak RSS is the process's `ru_maxrss` (read from `RUSAGE_CHILDREN` in a wrapper whose only child it is). "
         "For .npy it includes the memory-mapped file pages the process touched, which the kernel can reclaim.",
         "The page cache was warm: one unmeasured read pass over each file came first, so no run waited on the "
@@ -567,13 +601,13 @@ def main(argv: list[str]) -> None:
         "under `torch.no_grad`. "
         + (f"It is timed on the first {args.naive_patterns} patterns and its per-pattern rate extrapolated to the "
            "whole scan (plus the measured start-up)." if not args.skip_naive else "It was skipped (--skip-naive)."),
-        "Training runs `ghostmap train` once per network and device (wall seconds of the whole process, default "
+        f"Training runs `ghostmap train` on the {args.formats[0]} file once per network and device (wall seconds of the whole process, default "
         "epochs unless --epochs); accuracy comes from `ghostmap evaluate` against the simulated truth on every "
         "position; domain walls are positions whose true class is none or within 2 positions of a class change.",
         "Predictions from the different file formats were identical: "
         + ", ".join(f"{k}: {'yes' if v else 'NO'}" for k, v in same.items()) + ".",
     ]
-    tables = [("Throughput", *throughput_table(rows, floor)), ("Training and accuracy", *training_table(models))]
+    tables = [throughput_table(rows, floor), training_table(models)]
     print_tables(tables)
     data = {"nbytes": nbytes, "n_labels": n_labels, "rounds": rounds}
     update_markdown(args.write, markdown_section(args, info, data, tables, notes))
