@@ -54,7 +54,6 @@ ROOT = Path(__file__).resolve().parent.parent
 START, END = "<!-- benchmark:start -->", "<!-- benchmark:end -->"
 FORMATS = ("npy", "h5")
 ARCHS = ("compact", "paper")
-BLOCK_BYTES = 192 * 2**20  # rows per read block as ghostmap.prediction.block_rows chooses them
 
 
 # ----------------------------------------------------------------------------- options
@@ -75,7 +74,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--naive-patterns", type=int, default=300,
                    help="patterns the naive loop is timed on before extrapolating (default 300)")
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default: ghostmap's; for quick checks)")
-    p.add_argument("--write", type=Path, default=ROOT / "BENCHMARKS.md", help="Markdown file to update (default BENCHMARKS.md)")
+    p.add_argument("--write", type=Path, default=ROOT / "BENCHMARKS.md",
+                   help="Markdown file to update (default BENCHMARKS.md)")
     p.add_argument("--device", default=None,
                    help="comma-separated devices, e.g. cpu or cpu,cuda (default: cpu, plus cuda if available)")
     args = p.parse_args(argv)
@@ -146,12 +146,13 @@ def read_pass(path: str) -> dict:
     """One sequential pass over the scan, in blocks of rows, summing every pattern."""
     import numpy as np
 
-    from ghostmap.reading import open_scan, rows_per_block
+    from ghostmap.preprocessing import block_rows
+    from ghostmap.reading import open_scan
 
     start = time.perf_counter()
     with open_scan(path) as scan:
         total = 0
-        for _, block in scan.iter_rows(rows_per_block(scan, BLOCK_BYTES)):
+        for _, block in scan.iter_rows(block_rows(scan)):
             total += int(block.sum(axis=(2, 3), dtype=np.int64).sum())
         n = scan.n_patterns
     return {"patterns": n, "loop_seconds": time.perf_counter() - start, "checksum": total}
@@ -542,7 +543,8 @@ def main(argv: list[str]) -> None:
     info = machine_info(args.devices)
     info["load_start"] = info["load"] or 0.0
     if info["load_start"] > 0.25 * (os.cpu_count() or 1):
-        say(f"warning: load average {info['load_start']:.2f} on {os.cpu_count()} cores; other work will skew the timings")
+        say(f"warning: load average {info['load_start']:.2f} on {os.cpu_count()} cores; "
+            "other work will skew the timings")
     paths = {fmt: simulated_scan(args, fmt, say) for fmt in args.formats}
     first = paths[args.formats[0]]
     truth_path, truth = truth_of(first, args.scan_shape)
@@ -588,20 +590,22 @@ def main(argv: list[str]) -> None:
         "start-up the read pass's loop takes " + ", ".join(
             f"{s:.2f} s on {f} ({n_patterns / s:,.0f} patterns/s)" for f, s in read_loops.items()) + ".",
         "Peak RSS is the process's `ru_maxrss` (read from `RUSAGE_CHILDREN` in a wrapper whose only child it is). "
-        "For .npy it includes the memory-mapped file pages the process touched, which the kernel can reclaim.",
+        "Rows of a .npy are read with plain file reads, not through the memory map, so file pages don't count.",
         "The page cache was warm: one unmeasured read pass over each file came first, so no run waited on the "
         "disk (dropping the cache needs root). Cold-cache times on a slow disk will be longer.",
         "The read pass opens the scan with `ghostmap.reading.open_scan`, reads blocks of scan rows (up to "
-        f"{BLOCK_BYTES // 2**20} MiB, as `ghostmap predict` does) and sums each pattern; it is the floor for any "
+        "`ghostmap.preprocessing.block_rows`, as `ghostmap predict` does) and sums each pattern; it is the floor for any "
         "program that looks at every pattern once. \"x read pass\" is seconds / that floor for the same format.",
         "`ghostmap predict` runs end to end: read, preprocess (bad pixels, bin, 3 x 3 pooling, sqrt, normalise), "
         "classify, and write predictions.npz, domain_map.png and summary.png.",
         "The naive loop imitates the paper authors' published code: for each pattern in turn it reads it, "
         "preprocesses it (ghostmap's `Preprocessing.apply`, no pooling) and runs the paper network on a batch of 1 "
         "under `torch.no_grad`. "
-        + (f"It is timed on the first {args.naive_patterns} patterns and its per-pattern rate extrapolated to the "
-           "whole scan (plus the measured start-up)." if not args.skip_naive else "It was skipped (--skip-naive)."),
-        f"Training runs `ghostmap train` on the {args.formats[0]} file once per network and device (wall seconds of the whole process, default "
+        + (f"It runs on the first {args.naive_patterns} patterns only; its seconds are that run's wall time plus "
+           "the remaining patterns at the rate measured after the first pattern." if not args.skip_naive
+           else "It was skipped (--skip-naive)."),
+        f"Training runs `ghostmap train` on the {args.formats[0]} file once per network and device "
+        "(wall seconds of the whole process, default "
         "epochs unless --epochs); accuracy comes from `ghostmap evaluate` against the simulated truth on every "
         "position; domain walls are positions whose true class is none or within 2 positions of a class change.",
         "Predictions from the different file formats were identical: "

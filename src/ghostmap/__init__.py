@@ -11,25 +11,39 @@ The Python API mirrors the command line::
     model = gm.train(scan, "labels.csv")                # a gm.Labels works too
     result = gm.predict(scan, model)                    # result.labels, result.probabilities, result.classes
     gm.save_prediction("results", result)
+
+Names are imported on first use, so reading a file does not pay for importing PyTorch.
 """
 
-from .errors import GhostmapError
-from .evaluation import evaluate
-from .labels import Labels, labels_from_truth, read_labels, write_labels, write_positions
-from .model import Model
-from .outputs import domain_rgb, load_prediction, save_prediction
-from .prediction import Prediction, predict
-from .preprocessing import Preprocessing, fit_preprocessing
-from .reading import Scan, as_scan, open_scan
-from .sampling import propose
-from .simulate import simulate_scan, write_simulated_scan
-from .training import TrainingOptions, train
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "GhostmapError", "Labels", "Model", "Prediction", "Preprocessing", "Scan", "TrainingOptions",
-    "as_scan", "domain_rgb", "evaluate", "fit_preprocessing", "labels_from_truth", "load_prediction",
-    "open_scan", "predict", "propose", "read_labels", "save_prediction", "simulate_scan", "train",
-    "write_labels", "write_positions", "write_simulated_scan",
-]
+_WHERE = {
+    "GhostmapError": "errors",
+    "evaluate": "evaluation",
+    "Labels": "labels", "labels_from_truth": "labels", "read_labels": "labels", "write_labels": "labels",
+    "write_positions": "labels",
+    "Model": "model",
+    "domain_rgb": "outputs", "load_prediction": "outputs", "save_prediction": "outputs",
+    "Prediction": "prediction", "predict": "prediction",
+    "Preprocessing": "preprocessing", "fit_preprocessing": "preprocessing",
+    "Scan": "reading", "as_scan": "reading", "open_scan": "reading",
+    "propose": "sampling",
+    "simulate_scan": "simulate", "write_simulated_scan": "simulate",
+    "TrainingOptions": "training", "train": "training",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'ghostmap' has no attribute '{name}'")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -60,6 +60,11 @@ def evaluate(predicted: np.ndarray, truth: Labels) -> dict:
         report["wall_accuracy"] = float(hits[walls].mean()) if walls.any() else None
         report["domain_accuracy"] = float(hits[~walls].mean()) if (~walls).any() else None
         report["n_wall"] = int(walls.sum())
+    if all(str(c).startswith("cluster ") for c in np.unique(pred)):  # unsupervised clusters: match them to classes
+        report["best_permutation"] = best_permutation_accuracy(pred, true)
+        if "n_wall" in report and (~walls).any():
+            inside = ~walls[truth.y, truth.x]
+            report["best_permutation"]["domain_accuracy"] = best_permutation_accuracy(pred[inside], true[inside])["accuracy"]
     return report
 
 
@@ -74,6 +79,11 @@ def format_report(report: dict) -> str:
         wall, inside = report["wall_accuracy"], report["domain_accuracy"]
         lines.append(f"domain-wall accuracy: {_pct(wall)} on {report['n_wall']} positions; "
                      f"inside domains: {_pct(inside)} on {report['n'] - report['n_wall']}")
+    if "best_permutation" in report:
+        bp = report["best_permutation"]
+        lines.append(f"clusters matched to classes ({', '.join(f'{p} = {t}' for p, t in bp['mapping'].items())}): "
+                     f"accuracy {bp['accuracy']:.2%}" + (f", inside domains {bp['domain_accuracy']:.2%}"
+                                                          if "domain_accuracy" in bp else ""))
     lines.append("per-class recall: " + ", ".join(
         f"{c} {r:.2%}" if r is not None else f"{c} -" for c, r in report["per_class_recall"].items()))
     classes = report["confusion"]["classes"]
@@ -83,3 +93,28 @@ def format_report(report: dict) -> str:
     for c, row in zip(classes, report["confusion"]["matrix"]):
         lines.append(c.ljust(width) + "".join(str(v).rjust(width) for v in row))
     return "\n".join(lines)
+
+
+def best_permutation_accuracy(predicted_labels, truth_names) -> dict:
+    """Accuracy of unsupervised labels (e.g. clusters) under the best one-to-one matching to the truth classes.
+
+    ``predicted_labels`` and ``truth_names`` are arrays of the same shape (any label values). The
+    matching maximises the number of agreeing positions (Hungarian algorithm); with more clusters
+    than classes the unmatched clusters count as wrong. Returns ``accuracy``, ``n`` and ``mapping``
+    (predicted label -> truth class, as strings).
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    pred = np.asarray(predicted_labels).astype(str).ravel()
+    true = np.asarray(truth_names).astype(str).ravel()
+    if pred.shape != true.shape:
+        raise GhostmapError(f"{pred.size} predicted labels but {true.size} truth labels")
+    if pred.size == 0:
+        raise GhostmapError("no labels to compare")
+    p_names, p_index = np.unique(pred, return_inverse=True)
+    t_names, t_index = np.unique(true, return_inverse=True)
+    counts = np.zeros((len(p_names), len(t_names)), np.int64)
+    np.add.at(counts, (p_index, t_index), 1)
+    rows, cols = linear_sum_assignment(-counts)
+    return {"accuracy": float(counts[rows, cols].sum() / pred.size), "n": int(pred.size),
+            "mapping": {str(p_names[r]): str(t_names[c]) for r, c in zip(rows, cols)}}

@@ -39,7 +39,8 @@ POOL_MODES = ("mean", "max")
 class Preprocessing:
     """How raw patterns become network input. Stored with the model as JSON."""
 
-    bin: int | None = None  # None: the smallest factor that brings the detector to 256 pixels or fewer
+    bin: int | None = None  # None: the smallest factor that brings the detector to target_size pixels or fewer
+    target_size: int = 256
     crop: tuple[int, int, int, int] | None = None  # detector (row_start, row_stop, col_start, col_stop)
     transform: str = "sqrt"
     gamma: float = 0.5
@@ -102,7 +103,7 @@ class Preprocessing:
         """Fix the automatic choices (the bin factor) for ``detector_shape``; returns self."""
         if self.bin is None:
             size = max(detector_shape) if self.crop is None else max(self.crop[1] - self.crop[0], self.crop[3] - self.crop[2])
-            self.bin = max(1, -(-size // 256))
+            self.bin = max(1, -(-size // int(self.target_size)))
         return self
 
     def output_shape(self, detector_shape: tuple[int, int]) -> tuple[int, int]:
@@ -115,7 +116,7 @@ class Preprocessing:
         return rows // self.bin, cols // self.bin
 
     # --- the per-pattern steps -------------------------------------------------------------
-    def reduce(self, patterns, chunk_pixels: int = 1 << 22) -> torch.Tensor:
+    def reduce(self, patterns, chunk_pixels: int = 1 << 24) -> torch.Tensor:
         """Bad-pixel fill, crop and bin: raw (n, det_row, det_col) -> float32 counts (n, h, w).
 
         Raw patterns are converted to float in chunks of about ``chunk_pixels`` pixels so
@@ -127,21 +128,21 @@ class Preprocessing:
         per = max(1, chunk_pixels // max(1, int(np.prod(patterns.shape[1:]))))
         if n > per:
             return torch.cat([self.reduce(patterns[i : i + per], chunk_pixels) for i in range(0, n, per)])
-        x = torch.as_tensor(patterns).to(torch.float32)
-        if x.ndim != 3:
-            raise ValueError(f"reduce expects (n, det_row, det_col), got shape {tuple(x.shape)}")
-        self.resolve(tuple(x.shape[1:]))
-        if self.bad_pixels:
-            x = self._fill_bad_pixels(x)
-        if self.crop is not None:
-            r0, r1, c0, c1 = self.crop
-            x = x[:, r0:r1, c0:c1]
+        raw = torch.as_tensor(patterns)
+        if raw.ndim != 3:
+            raise ValueError(f"reduce expects (n, det_row, det_col), got shape {tuple(raw.shape)}")
+        shape = tuple(raw.shape[1:])
+        self.resolve(shape)
+        r0, r1, c0, c1 = self.crop if self.crop is not None else (0, shape[0], 0, shape[1])
         b = self.bin
+        h, w = (r1 - r0) // b, (c1 - c0) // b
+        x = raw[:, r0 : r0 + h * b, c0 : c0 + w * b].to(torch.float32)
         if b > 1:
-            n, h, w = x.shape
-            x = x[:, : h - h % b, : w - w % b]
-            x = torch.nn.functional.avg_pool2d(x.unsqueeze(1), b).squeeze(1) * (b * b)
-        return x.contiguous()
+            x = torch.nn.functional.avg_pool2d(x.unsqueeze(1), b).squeeze(1).mul_(b * b)
+        x = x.contiguous()
+        if self.bad_pixels:
+            self._repair_bad_pixels(raw, x)
+        return x
 
     def finish(self, counts: torch.Tensor) -> torch.Tensor:
         """Intensity transform and per-pattern normalisation of reduced counts (n, h, w)."""
@@ -176,17 +177,33 @@ class Preprocessing:
         """Preprocess independent patterns (n, det_row, det_col), without neighbourhood pooling."""
         return self.finish(self.reduce(patterns))
 
-    def _fill_bad_pixels(self, x: torch.Tensor) -> torch.Tensor:
-        shape = tuple(x.shape[1:])
-        if shape not in self._fill_cache:
-            self._fill_cache[shape] = _neighbour_table(self.bad_pixels, shape)
-        bad, neighbours, weights = self._fill_cache[shape]
+    def _repair_bad_pixels(self, raw: torch.Tensor, binned: torch.Tensor) -> None:
+        """Replace each bad pixel's count by its good neighbours' mean, in the binned patterns.
+
+        Binning sums counts, so the repair is a correction of the bin that holds the pixel:
+        (neighbour mean - bad value). Only the few bad pixels are touched, never a copy of
+        the whole pattern.
+        """
+        key = tuple(raw.shape[1:])
+        if key not in self._fill_cache:
+            self._fill_cache[key] = _repair_table(self, key)
+        bad, neighbours, weights, target = self._fill_cache[key]
         if bad.numel() == 0:
-            return x
-        flat = x.reshape(x.shape[0], -1).clone()
-        values = (flat[:, neighbours] * weights).sum(-1) / weights.sum(-1).clamp_min(1)
-        flat[:, bad] = values
-        return flat.reshape(x.shape)
+            return
+        flat = raw.reshape(raw.shape[0], -1)
+        fill = (flat[:, neighbours].to(torch.float32) * weights).sum(-1) / weights.sum(-1).clamp_min(1)
+        binned.view(binned.shape[0], -1).index_add_(1, target, fill - flat[:, bad].to(torch.float32))
+
+
+def _repair_table(prep: "Preprocessing", shape: tuple[int, int]):
+    """Bad pixels inside the binned window, their neighbour table, and the bin each falls in."""
+    r0, r1, c0, c1 = prep.crop if prep.crop is not None else (0, shape[0], 0, shape[1])
+    b = prep.bin
+    h, w = (r1 - r0) // b, (c1 - c0) // b
+    inside = [(r, c) for r, c in prep.bad_pixels if r0 <= r < r0 + h * b and c0 <= c < c0 + w * b]
+    bad, neighbours, weights = _neighbour_table(inside, shape, all_bad=prep.bad_pixels)
+    target = torch.as_tensor([((r - r0) // b) * w + (c - c0) // b for r, c in inside], dtype=torch.int64)
+    return bad, neighbours, weights, target
 
 
 def _pool_axis(x: torch.Tensor, axis: int, k: int, mode: str) -> torch.Tensor:
@@ -217,13 +234,14 @@ def _pool_axis(x: torch.Tensor, axis: int, k: int, mode: str) -> torch.Tensor:
     return out
 
 
-def _neighbour_table(bad_pixels, shape):
+def _neighbour_table(bad_pixels, shape, all_bad=None):
     """Flat indices of bad pixels and of their good 8-neighbours (weights 0 where absent)."""
     rows, cols = shape
     bad_mask = np.zeros(shape, bool)
     pts = [(r, c) for r, c in bad_pixels if 0 <= r < rows and 0 <= c < cols]
-    for r, c in pts:
-        bad_mask[r, c] = True
+    for r, c in (all_bad if all_bad is not None else pts):
+        if 0 <= r < rows and 0 <= c < cols:
+            bad_mask[r, c] = True
     offsets = [(dr, dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1) if (dr, dc) != (0, 0)]
     neighbours = np.zeros((len(pts), 8), np.int64)
     weights = np.zeros((len(pts), 8), np.float32)
@@ -307,22 +325,24 @@ def block_rows(scan, max_bytes: int = 32 * 2**20) -> int:
     return max(1, min(scan.scan_shape[0], max_bytes // max(1, row_bytes)))
 
 
-def _read_blocks(scan, blocks, prefetch: bool):
-    """Yield ((start, stop), raw rows) for each block, reading the next one in a background thread."""
+def _read_blocks(scan, blocks, prefetch: bool, prep: Preprocessing):
+    """Yield ((start, stop), raw rows, reduced rows) per block; the next block is read and
+    reduced in a background thread while the caller works on this one."""
     def read(block):
-        return np.asarray(scan.read_rows(*block))
+        raw = np.asarray(scan.read_rows(*block))
+        return raw, prep.reduce(raw.reshape(-1, *raw.shape[2:]))
 
     if not prefetch:
         for block in blocks:
-            yield block, read(block)
+            yield (block, *read(block))
         return
     with ThreadPoolExecutor(max_workers=1) as pool:
         pending = pool.submit(read, blocks[0]) if blocks else None
         for i, block in enumerate(blocks):
-            raw = pending.result()
+            raw, reduced = pending.result()
             if i + 1 < len(blocks):
                 pending = pool.submit(read, blocks[i + 1])
-            yield block, raw
+            yield block, raw, reduced
 
 
 def stream_rows(scan, prep: Preprocessing, start: int = 0, stop: int | None = None,
@@ -342,10 +362,10 @@ def stream_rows(scan, prep: Preprocessing, start: int = 0, stop: int | None = No
     blocks = [(b, min(b + step, hi)) for b in range(lo, hi, step)]
     h, w = prep.output_shape(scan.detector_shape)
     buffer, buf_start, next_out = None, lo, start
-    for (b0, b1), raw in _read_blocks(scan, blocks, prefetch):
+    for (b0, b1), raw, reduced in _read_blocks(scan, blocks, prefetch, prep):
         if on_raw:
             on_raw(b0, raw)
-        reduced = prep.reduce(raw.reshape(-1, *raw.shape[2:])).view(b1 - b0, n_cols, h, w)
+        reduced = reduced.view(b1 - b0, n_cols, h, w)
         buffer = reduced if buffer is None else torch.cat([buffer, reduced])
         ready = stop if b1 >= hi else min(stop, b1 - half)
         if ready <= next_out:

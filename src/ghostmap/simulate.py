@@ -157,6 +157,8 @@ def domain_map(scan_shape: tuple[int, int] = (34, 206), seed: int = 0, wall_widt
     default long side / 4.5) is the typical domain length. No 'horizontal' position is ever
     8-adjacent to a 'vertical' one.
     """
+    if len(scan_shape) != 2 or min(int(n) for n in scan_shape) < 2:
+        raise GhostmapError(f"a simulated scan needs at least 2 x 2 probe positions, not {tuple(scan_shape)}")
     rows, cols = (int(v) for v in scan_shape)
     if rows < 1 or cols < 1:
         raise GhostmapError(f"scan shape must be positive, not {scan_shape}")

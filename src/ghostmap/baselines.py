@@ -1,0 +1,817 @@
+"""Conventional baselines to set beside the CNN: offset virtual dark field, and label-free clustering.
+
+**Offset virtual dark field** (``method='vdf'``, :func:`vdf_baseline`) is the analysis the paper's
+Figure 5b compares the CNN against (there done by hand in py4DSTEM). Steps:
+
+1. The scan's mean and maximum patterns (an evenly strided subset of rows) give the detector's
+   bad pixels (:func:`ghostmap.preprocessing.find_bad_pixels`), which are left out of every sum.
+2. :func:`find_lattice` finds the Bragg lattice in the mean pattern, without any labels or
+   ground truth: the central disk (centre and radius) from :func:`ghostmap.reading.bright_field_mask`,
+   the two shortest non-collinear lattice vectors from the peaks of the autocorrelation of the
+   high-pass-filtered mean pattern, refined on the peaks at two and three lattice spacings.
+   The first axis ``a1`` is the one nearer detector x (columns), the second ``a2`` nearer detector y.
+3. :func:`ghost_apertures` places a small circular aperture (radius: the central disk's, since a
+   ghost disk has the probe's convergence angle; or ``radius``) halfway between every pair of
+   neighbouring Bragg disks: at ``c + (i + 1/2) a1 + j a2`` for the *horizontal* ghosts and at
+   ``c + i a1 + (j + 1/2) a2`` for the *vertical* ones, wherever both neighbours are visible in
+   the mean pattern and the aperture lies on the detector. Users can give their own apertures
+   (:func:`read_apertures`; the ones used are written to ``apertures.json`` for editing).
+4. Descan (origin) correction, as py4DSTEM users do it: one streaming pass finds the central
+   disk's centroid in every pattern (:func:`origin_shifts`), smoothed over the scan; the
+   apertures then move with the pattern (shifts rounded to 1/4 pixel). Without it a drift of
+   one or two pixels across the scan, small against the disks, moves Bragg-disk edges in and
+   out of the apertures and swamps the ghost signal (measured on the simulator: 65-87% inside
+   domains instead of 100%). ``descan=False`` turns it off.
+5. One more streaming pass (blocks of rows, :func:`ghostmap.preprocessing.block_rows`; one
+   matrix product per block) sums each pattern inside the horizontal apertures, the vertical
+   apertures, the central disk (virtual bright field) and the whole detector. The *contrast* at a probe position is
+   ``(sum_h - sum_v) / total``, the sums pooled over the ``pool x pool`` neighbouring positions
+   first (edges truncated), as the CNN pools its input.
+6. :func:`classify_contrast` fits a two-component 1-D Gaussian mixture to the contrast (started
+   from Otsu's threshold): the upper component is *horizontal*, the lower *vertical*. In units
+   ``z`` of half the distance between the component means (``z = 0`` halfway), positions with
+   ``|z| < none_band`` are *none*. Probabilities are a softmax of Gaussian scores centred at
+   z = -1, 0, +1 with the mixture's noise, biased so that their arg-max gives exactly these bands.
+
+Where it fails (honestly): the contrast is only as good as the apertures. With tightly packed
+Bragg disks (the paper's case, and the simulator's: spacing ~2.7 disk radii) a ghost disk
+overlaps its two neighbouring Bragg disks, so every aperture also collects Bragg-disk edges
+that are a hundred times brighter than the ghost; they largely cancel between horizontal and
+vertical apertures, but any asymmetry (different reflection intensities, descan drift that the
+centroid tracking misses, thickness changes, a lattice vector that is slightly off) adds a
+smoothly varying offset to the contrast that can be as large as the ghost signal. The centroid
+tracking assumes the central disk is a clean, isolated disk; with a diffuse or saturated central
+beam it misleads. The lattice finder assumes one crystal orientation over the whole scan. The threshold assumes both polarizations are present in the scan
+(a single-domain scan is split into two "domains" of noise), the 'none' band is a fixed
+fraction of the domain contrast rather than learnt, wall positions are ambiguous by
+construction, and polarizations other than the two in-plane directions along the lattice axes
+(e.g. out-of-plane, or a lattice whose axes do not carry the ghosts) are invisible to it.
+
+**Label-free first look** (``method='cluster'``, :func:`cluster_baseline`): every pattern has its
+bad pixels filled, is shifted back by its smoothed descan shift (Fourier shift), binned (to 32
+pixels or fewer by default), pooled over ``pool x pool`` probe positions, stripped of the central
+disk (which carries thickness contrast) and of a detector border as wide as the largest shift,
+square-rooted and standardised; an incremental PCA is fitted in one streaming pass (batches of
+about 256 patterns) and applied in a second; k-means splits the leading components that stand
+above the noise floor (:func:`signal_components`) into ``k`` clusters. Clusters are numbered by size (``cluster 0`` the largest); probabilities
+are a softmax of minus the squared distances to the cluster centres over their mean. Clusters
+follow whatever varies most between patterns, which need not be the polarization: thickness,
+descan drift or specimen tilt can win over faint ghost disks. Use it to see structure before
+labelling, not as a classifier; ``ghostmap evaluate`` scores it by the best matching of clusters
+to classes. Measured on the simulator: without drift the clusters are the domains (100% inside
+domains); with the default 2-pixel drift, residual drift structure survives the alignment and
+k-means with k = 3 tends to split one polarization in two (about 70% inside domains).
+
+Both return a :class:`BaselineResult` whose ``prediction`` is a
+:class:`ghostmap.prediction.Prediction`, saved by :func:`save_baseline` in the same
+``predictions.npz`` / ``domain_map.png`` format as ``ghostmap predict``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import scipy.ndimage as ndi
+
+from .atomic import atomic_path, write_text
+from .errors import GhostmapError
+from .prediction import Prediction
+from .preprocessing import Preprocessing, block_rows, find_bad_pixels
+from .reading import as_scan, bright_field_mask, max_pattern, mean_pattern
+
+__all__ = [
+    "METHODS", "VDF_CLASSES", "Lattice", "Apertures", "BaselineResult", "find_lattice", "ghost_apertures",
+    "read_apertures", "aperture_weights", "disk_centroids", "origin_shifts", "vdf_sums", "cluster_features",
+    "signal_components", "pool_map", "contrast_map", "classify_contrast",
+    "vdf_baseline", "cluster_baseline", "run_baseline", "save_baseline",
+]
+
+METHODS = ("vdf", "cluster")
+VDF_CLASSES = ("none", "vertical", "horizontal")
+BASELINE_FILE = "baseline.npz"
+CONTRAST_FILE = "contrast.png"
+APERTURES_FILE = "apertures.json"
+
+
+# --------------------------------------------------------------------------- lattice and apertures
+
+
+@dataclass
+class Lattice:
+    """Bragg lattice on the detector: ``center`` (det_row, det_col) of the central disk, lattice
+    vectors ``a1`` (nearer detector x) and ``a2`` (nearer detector y) as (d_row, d_col), disk ``radius``."""
+
+    center: tuple[float, float]
+    a1: tuple[float, float]
+    a2: tuple[float, float]
+    radius: float
+
+    def to_dict(self) -> dict:
+        return {"center": list(map(float, self.center)), "a1": list(map(float, self.a1)),
+                "a2": list(map(float, self.a2)), "radius": float(self.radius)}
+
+
+@dataclass
+class Apertures:
+    """Ghost-disk apertures, detector (row, col) centres for each axis, and their radius in pixels."""
+
+    horizontal: np.ndarray
+    vertical: np.ndarray
+    radius: float
+    lattice: Lattice | None = None
+
+    def __post_init__(self) -> None:
+        self.horizontal = np.asarray(self.horizontal, float).reshape(-1, 2)
+        self.vertical = np.asarray(self.vertical, float).reshape(-1, 2)
+        self.radius = float(self.radius)
+
+    def to_dict(self) -> dict:
+        d = {"radius": self.radius, "horizontal": self.horizontal.round(3).tolist(),
+             "vertical": self.vertical.round(3).tolist(),
+             "coordinates": "detector (row, col) pixels, origin at the first pixel's centre"}
+        if self.lattice is not None:
+            d["lattice"] = self.lattice.to_dict()
+        return d
+
+    def check(self, detector_shape: tuple[int, int], source: str = "apertures") -> None:
+        rows, cols = detector_shape
+        if not (np.isfinite(self.radius) and self.radius > 0):
+            raise GhostmapError(f"{source}: the aperture radius must be a positive number, not {self.radius}")
+        for name in ("horizontal", "vertical"):
+            sites = getattr(self, name)
+            if len(sites) == 0:
+                raise GhostmapError(f"{source}: no {name} apertures")
+            if not np.isfinite(sites).all():
+                raise GhostmapError(f"{source}: {name} aperture positions must be finite numbers")
+            outside = (sites[:, 0] < -0.5) | (sites[:, 0] > rows - 0.5) | (sites[:, 1] < -0.5) | (sites[:, 1] > cols - 0.5)
+            if outside.any():
+                r, c = sites[int(np.flatnonzero(outside)[0])]
+                raise GhostmapError(f"{source}: {name} aperture at row {r:g}, col {c:g} is outside the "
+                                    f"{rows} x {cols} detector")
+
+
+def _clean_mean(mean: np.ndarray, bad: np.ndarray | None) -> np.ndarray:
+    mean = np.nan_to_num(np.asarray(mean, np.float64))
+    if bad is not None and bad.any():
+        mean = mean.copy()
+        mean[bad] = ndi.median_filter(mean, size=5, mode="nearest")[bad]
+    return mean
+
+
+def _peak_near(image: np.ndarray, guess, window: float) -> tuple[float, float] | None:
+    """Sub-pixel position of the maximum of ``image`` within ``window`` pixels of ``guess`` (row, col)."""
+    rows, cols = image.shape
+    r0, c0 = int(round(guess[0])), int(round(guess[1]))
+    h = max(1, int(np.ceil(window)))
+    if not (h <= r0 < rows - h and h <= c0 < cols - h):
+        return None
+    patch = image[r0 - h : r0 + h + 1, c0 - h : c0 + h + 1]
+    i, j = np.unravel_index(int(np.argmax(patch)), patch.shape)
+    if not (0 < i < patch.shape[0] - 1 and 0 < j < patch.shape[1] - 1):
+        return None
+
+    def vertex(m, c, p):
+        den = m - 2 * c + p
+        return 0.0 if den >= 0 else float(np.clip(0.5 * (m - p) / den, -0.5, 0.5))
+
+    di = vertex(patch[i - 1, j], patch[i, j], patch[i + 1, j])
+    dj = vertex(patch[i, j - 1], patch[i, j], patch[i, j + 1])
+    return (r0 - h + i + di, c0 - h + j + dj)
+
+
+def find_lattice(mean: np.ndarray, bad: np.ndarray | None = None) -> Lattice:
+    """The Bragg lattice of a (mean) diffraction pattern; ``bad`` masks detector pixels to ignore.
+
+    Raises GhostmapError when no two-dimensional lattice of disks can be found.
+    """
+    mean = _clean_mean(mean, bad)
+    if mean.ndim != 2 or min(mean.shape) < 16:
+        raise GhostmapError(f"cannot find a Bragg lattice in a pattern of shape {mean.shape}")
+    disk = bright_field_mask(mean)
+    rr, cc = np.nonzero(disk)
+    w = mean[rr, cc]
+    center = (float((rr * w).sum() / w.sum()), float((cc * w).sum() / w.sum()))
+    radius = float(np.sqrt(disk.sum() / np.pi))
+    # high-pass, then autocorrelation: peaks at the lattice vectors
+    image = np.sqrt(np.clip(mean, 0, None))
+    image = image - ndi.gaussian_filter(image, sigma=max(2.0, 2 * radius), mode="nearest")
+    image[np.hypot(*np.indices(mean.shape) - np.array(center)[:, None, None]) <= radius + 1.5] = 0.0  # central beam
+    f = np.fft.rfft2(image - image.mean(), s=(2 * mean.shape[0], 2 * mean.shape[1]))
+    ac = np.fft.fftshift(np.fft.irfft2(np.abs(f) ** 2, s=(2 * mean.shape[0], 2 * mean.shape[1])))
+    origin = np.array(ac.shape) // 2
+    local = (ac == ndi.maximum_filter(ac, size=max(3, int(radius)), mode="constant")) & (ac > 0)
+    pr, pc = np.nonzero(local)
+    vec = np.stack([pr - origin[0], pc - origin[1]], 1).astype(float)
+    length = np.hypot(vec[:, 0], vec[:, 1])
+    keep = (length > 1.5 * radius) & (length < min(mean.shape) / 2.5)
+    vec, length, strength = vec[keep], length[keep], ac[pr[keep], pc[keep]]
+    strong = strength > 0.2 * strength.max() if len(strength) else strength.astype(bool)
+    vec, length = vec[strong], length[strong]
+    if len(vec) < 2:
+        raise GhostmapError("no Bragg lattice found in the mean pattern (give the apertures with --apertures)")
+    order = np.argsort(length, kind="stable")
+    v1 = vec[order[0]]
+    v2 = None
+    for i in order[1:]:
+        cand = vec[i]
+        sin = abs(v1[0] * cand[1] - v1[1] * cand[0]) / (np.hypot(*v1) * np.hypot(*cand))
+        if sin > 0.5:
+            v2 = cand
+            break
+    if v2 is None:
+        raise GhostmapError("the mean pattern's disks do not form a 2-D lattice (give the apertures with --apertures)")
+    refined = []
+    for v in (v1, v2):
+        best = v
+        for m in (2, 3):
+            peak = _peak_near(ac, origin + m * best, window=max(1.5, 0.15 * np.hypot(*v)))
+            if peak is None:
+                break
+            best = (np.array(peak) - origin) / m
+        refined.append(best)
+    v1, v2 = refined
+    # a1: the vector nearer detector x (columns), pointing to +x; a2 nearer y, pointing to +y
+    if abs(v1[1]) * np.hypot(*v2) < abs(v2[1]) * np.hypot(*v1):
+        v1, v2 = v2, v1
+    a1 = v1 if v1[1] >= 0 else -v1
+    a2 = v2 if v2[0] >= 0 else -v2
+    return Lattice(center, (float(a1[0]), float(a1[1])), (float(a2[0]), float(a2[1])), radius)
+
+
+def ghost_apertures(lattice: Lattice, detector_shape: tuple[int, int], mean: np.ndarray | None = None,
+                    radius: float | None = None, min_fraction: float = 0.05) -> Apertures:
+    """Apertures halfway between neighbouring Bragg disks along each lattice axis.
+
+    A site is kept when the aperture lies on the detector and, if ``mean`` is given, both
+    neighbouring Bragg disks are at least ``min_fraction`` of the strongest non-central disk
+    above the background (the 10th percentile of the mean pattern).
+    """
+    rows, cols = detector_shape
+    r_ap = float(radius) if radius is not None else lattice.radius
+    if not (np.isfinite(r_ap) and r_ap > 0):
+        raise GhostmapError(f"the aperture radius must be positive, not {radius}")
+    c = np.asarray(lattice.center, float)
+    a1, a2 = np.asarray(lattice.a1, float), np.asarray(lattice.a2, float)
+    reach = int(np.ceil(np.hypot(rows, cols) / min(np.hypot(*a1), np.hypot(*a2)))) + 1
+    ii, jj = np.mgrid[-reach : reach + 1, -reach : reach + 1]
+    ii, jj = ii.ravel(), jj.ravel()
+
+    def strength(i, j):
+        pos = c + i[:, None] * a1 + j[:, None] * a2
+        if mean is None:
+            return np.ones(len(i)), pos
+        yy, xx = np.indices(mean.shape)
+        out = np.zeros(len(i))
+        inside = (pos[:, 0] >= 0) & (pos[:, 0] <= rows - 1) & (pos[:, 1] >= 0) & (pos[:, 1] <= cols - 1)
+        floor = np.percentile(mean, 10)
+        blurred = ndi.uniform_filter(mean, size=max(1, int(round(lattice.radius))), mode="nearest")
+        ri = np.clip(np.round(pos[:, 0]).astype(int), 0, rows - 1)
+        ci = np.clip(np.round(pos[:, 1]).astype(int), 0, cols - 1)
+        out[inside] = blurred[ri[inside], ci[inside]] - floor
+        return out, pos
+
+    s, _ = strength(ii, jj)
+    noncentral = (ii != 0) | (jj != 0)
+    top = s[noncentral].max() if noncentral.any() else 1.0
+    visible = dict(zip(zip(ii.tolist(), jj.tolist()), (s >= min_fraction * max(top, 1e-12)).tolist()))
+
+    def sites(di, dj):
+        out = []
+        for i, j in zip(ii.tolist(), jj.tolist()):
+            if not (visible.get((i, j)) and visible.get((i + di, j + dj))):
+                continue
+            p = c + (i + 0.5 * di) * a1 + (j + 0.5 * dj) * a2
+            if r_ap - 0.5 <= p[0] <= rows - 0.5 - r_ap and r_ap - 0.5 <= p[1] <= cols - 0.5 - r_ap:
+                out.append(p)
+        return np.array(out, float).reshape(-1, 2)
+
+    ap = Apertures(sites(1, 0), sites(0, 1), r_ap, lattice)
+    if len(ap.horizontal) == 0 or len(ap.vertical) == 0:
+        raise GhostmapError("no ghost-disk aperture fits on the detector (give the apertures with --apertures)")
+    return ap
+
+
+def read_apertures(path: str | os.PathLike, detector_shape: tuple[int, int] | None = None,
+                   radius: float | None = None) -> Apertures:
+    """Read apertures from JSON: ``{"radius": R, "horizontal": [[row, col], ...], "vertical": [...]}``.
+
+    Positions are detector (row, col) pixels. ``radius`` overrides the file's (which is
+    needed otherwise). The ``apertures.json`` that ``ghostmap baseline`` writes reads back.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise GhostmapError(f"no such aperture file: {path}")
+    try:
+        d = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise GhostmapError(f"{path} is not valid JSON: {' '.join(str(exc).split())}") from None
+    if not isinstance(d, dict) or "horizontal" not in d or "vertical" not in d:
+        raise GhostmapError(f"{path} must be a JSON object with 'horizontal' and 'vertical' lists of [row, col]")
+    r = radius if radius is not None else d.get("radius")
+    if r is None:
+        raise GhostmapError(f"{path} gives no 'radius'; add one or pass --radius")
+    try:
+        sites = {}
+        for name in ("horizontal", "vertical"):
+            arr = np.array(d[name], dtype=float)
+            if arr.size == 0:
+                arr = arr.reshape(0, 2)
+            if arr.ndim != 2 or arr.shape[1] != 2:
+                raise ValueError(f"'{name}' must be a list of [row, col] pairs")
+            sites[name] = arr
+        r = float(r)
+    except (TypeError, ValueError) as exc:
+        raise GhostmapError(f"{path}: {' '.join(str(exc).split())}") from None
+    ap = Apertures(sites["horizontal"], sites["vertical"], r)
+    if detector_shape is not None:
+        ap.check(detector_shape, str(path))
+    return ap
+
+
+def aperture_weights(apertures: Apertures, detector_shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(det_rows, det_cols) float weights of the horizontal and vertical apertures (anti-aliased edges)."""
+    yy, xx = np.indices(detector_shape, dtype=np.float64)
+    out = []
+    for sites in (apertures.horizontal, apertures.vertical):
+        w = np.zeros(detector_shape)
+        for r, c in sites:
+            np.maximum(w, np.clip(apertures.radius - np.hypot(yy - r, xx - c) + 0.5, 0.0, 1.0), out=w)
+        out.append(w)
+    return out[0], out[1]
+
+
+# --------------------------------------------------------------------------- virtual dark field
+
+
+def disk_centroids(patterns: np.ndarray, start: tuple[float, float], radius: float, live: np.ndarray | None = None,
+                   iterations: int = 3, level: float = 0.0) -> np.ndarray:
+    """(n, 2) centroid (det_row, det_col) of the central disk of each pattern (n, det_r, det_c).
+
+    Counts above ``level`` within ``radius + 1`` pixels of the current estimate, starting at
+    ``start``; the window follows the estimate for ``iterations`` rounds. ``live`` masks out
+    bad pixels. A ``level`` of about half the disk's counts keeps the background, which pulls
+    the centroid towards the window's centre, out.
+    """
+    patterns = np.asarray(patterns)
+    n, rows, cols = patterns.shape
+    reach = radius + 1.0
+    h = int(np.ceil(2 * reach)) + 1
+    r0, r1 = max(0, int(start[0]) - h), min(rows, int(start[0]) + h + 2)
+    c0, c1 = max(0, int(start[1]) - h), min(cols, int(start[1]) + h + 2)
+    box = np.clip(patterns[:, r0:r1, c0:c1].astype(np.float64) - level, 0, None)
+    if live is not None:
+        box = box * live[r0:r1, c0:c1]
+    yy, xx = np.indices(box.shape[1:], dtype=np.float64)
+    yy += r0
+    xx += c0
+    est = np.tile(np.asarray(start, np.float64), (n, 1))
+    for _ in range(iterations):
+        inside = np.hypot(yy - est[:, 0, None, None], xx - est[:, 1, None, None]) <= reach
+        w = box * inside
+        total = w.sum((1, 2))
+        ok = total > 0
+        est[ok, 0] = (w * yy).sum((1, 2))[ok] / total[ok]
+        est[ok, 1] = (w * xx).sum((1, 2))[ok] / total[ok]
+    return est
+
+
+def origin_shifts(scan, center: tuple[float, float], radius: float, live: np.ndarray | None = None,
+                  smooth: float = 2.0, level: float = 0.0, rows_per_block: int | None = None) -> np.ndarray:
+    """(rows, cols, 2) descan shift (d_row, d_col) of every pattern relative to ``center``.
+
+    py4DSTEM-style origin correction: the central-disk centroid of every pattern
+    (:func:`disk_centroids`, one streaming pass), smoothed over the scan with a Gaussian of
+    ``smooth`` probe positions (0: unsmoothed), minus its mean over the scan.
+    """
+    scan = as_scan(scan)
+    n_rows, n_cols = scan.scan_shape
+    out = np.zeros((n_rows, n_cols, 2))
+    step = rows_per_block or block_rows(scan)
+    for start in range(0, n_rows, step):
+        stop = min(start + step, n_rows)
+        raw = scan.read_rows(start, stop).reshape(-1, *scan.detector_shape)
+        out[start:stop] = disk_centroids(raw, center, radius, live, level=level).reshape(stop - start, n_cols, 2)
+    if smooth > 0:
+        out = ndi.gaussian_filter(out, sigma=(smooth, smooth, 0), mode="nearest")
+    return out - out.reshape(-1, 2).mean(0)
+
+
+def vdf_sums(scan, weights, shifts: np.ndarray | None = None, quantum: float = 0.25,
+             rows_per_block: int | None = None, progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+    """Stream the scan once: (rows, cols, M) weighted sums of every pattern.
+
+    ``weights`` is an (M, det_r, det_c) array, or, with ``shifts`` (rows, cols, 2), a function
+    ``(d_row, d_col) -> (M, det_r, det_c)`` giving the virtual detectors moved with the pattern;
+    shifts are rounded to ``quantum`` pixels and each distinct one is rendered once.
+    """
+    scan = as_scan(scan)
+    n_rows, n_cols = scan.scan_shape
+    if shifts is None:
+        fixed = np.asarray(weights, np.float32)
+        render = lambda dy, dx: fixed  # noqa: E731
+        keys = np.zeros((n_rows, n_cols, 2), np.int64)
+    else:
+        render = weights
+        keys = np.round(np.asarray(shifts) / quantum).astype(np.int64)
+    cache: dict = {}
+    out = None
+    step = rows_per_block or block_rows(scan)
+    for start in range(0, n_rows, step):
+        stop = min(start + step, n_rows)
+        raw = scan.read_rows(start, stop).reshape((stop - start) * n_cols, -1)
+        block_keys = keys[start:stop].reshape(-1, 2)
+        uniq, inverse = np.unique(block_keys, axis=0, return_inverse=True)
+        inverse = np.asarray(inverse).reshape(-1)
+        for u, key in enumerate(map(tuple, uniq)):
+            if key not in cache:
+                w = np.asarray(render(key[0] * quantum, key[1] * quantum), np.float32)
+                cache[key] = np.ascontiguousarray(w.reshape(len(w), -1).T)
+            w = cache[key]
+            if out is None:
+                out = np.zeros((n_rows * n_cols, w.shape[1]), np.float64)
+            idx = np.flatnonzero(inverse == u)
+            out[start * n_cols + idx] = raw[idx].astype(np.float32) @ w
+        if progress:
+            progress(stop * n_cols, n_rows * n_cols)
+    return out.reshape(n_rows, n_cols, -1)
+
+
+def pool_map(image: np.ndarray, k: int) -> np.ndarray:
+    """Mean over the k x k neighbourhood of every position (edges truncated, never wrapped)."""
+    image = np.asarray(image, np.float64)
+    if k <= 1:
+        return image
+    ones = np.ones(image.shape[:2])
+    size = (k, k) + (1,) * (image.ndim - 2)
+    total = ndi.uniform_filter(image, size=size, mode="constant")
+    count = ndi.uniform_filter(ones, size=(k, k), mode="constant")
+    return total / count.reshape(count.shape + (1,) * (image.ndim - 2))
+
+
+def contrast_map(horizontal: np.ndarray, vertical: np.ndarray, total: np.ndarray, pool: int = 3) -> np.ndarray:
+    """(sum_h - sum_v) / total per position, each sum pooled over ``pool x pool`` positions first."""
+    h, v, t = (pool_map(a, pool) for a in (horizontal, vertical, total))
+    return (h - v) / np.maximum(t, 1e-12)
+
+
+def _otsu(values: np.ndarray, bins: int = 256) -> float:
+    hist, edges = np.histogram(values, bins=bins)
+    mids = 0.5 * (edges[1:] + edges[:-1])
+    w0 = np.cumsum(hist)
+    w1 = w0[-1] - w0
+    m0 = np.cumsum(hist * mids)
+    mu0 = m0 / np.maximum(w0, 1)
+    mu1 = (m0[-1] - m0) / np.maximum(w1, 1)
+    between = w0 * w1 * (mu0 - mu1) ** 2
+    return float(mids[int(np.argmax(between[:-1]))]) if len(between) > 1 else float(mids[0])
+
+
+def _two_gaussians(values: np.ndarray, iterations: int = 200) -> tuple[float, float, float, float, float]:
+    """EM for a 1-D two-component Gaussian mixture: (mean_low, mean_high, sigma_low, sigma_high, weight_high)."""
+    t = _otsu(values)
+    lo, hi = values[values <= t], values[values > t]
+    if len(lo) < 2 or len(hi) < 2:
+        raise GhostmapError("the contrast map has no two populations to split")
+    m = np.array([lo.mean(), hi.mean()])
+    s = np.array([lo.std(), hi.std()]) + 1e-12
+    p = np.array([len(lo), len(hi)], float) / len(values)
+    floor = 1e-6 * (values.std() + 1e-12)
+    for _ in range(iterations):
+        ll = -0.5 * ((values[:, None] - m) / s) ** 2 - np.log(s) + np.log(p)
+        ll -= ll.max(1, keepdims=True)
+        r = np.exp(ll)
+        r /= r.sum(1, keepdims=True)
+        n = r.sum(0) + 1e-12
+        m_new = (r * values[:, None]).sum(0) / n
+        s = np.sqrt((r * (values[:, None] - m_new) ** 2).sum(0) / n) + floor
+        p = n / n.sum()
+        if np.allclose(m_new, m, rtol=0, atol=1e-9 * (abs(m).max() + 1e-12)):
+            m = m_new
+            break
+        m = m_new
+    if m[0] > m[1]:
+        m, s, p = m[::-1], s[::-1], p[::-1]
+    return float(m[0]), float(m[1]), float(s[0]), float(s[1]), float(p[1])
+
+
+def classify_contrast(contrast: np.ndarray, none_band: float = 0.5) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Labels (indices into VDF_CLASSES), probabilities (rows, cols, 3) and the fitted split of a contrast map.
+
+    ``none_band`` in (0, 1): the fraction of the way from the midpoint to a domain's mean contrast
+    below which a position is 'none' (0: never 'none').
+    """
+    if not 0 <= none_band < 1:
+        raise GhostmapError(f"the none band must be in [0, 1), not {none_band}")
+    contrast = np.asarray(contrast, np.float64)
+    finite = contrast[np.isfinite(contrast)]
+    if finite.size < 4:
+        raise GhostmapError("too few positions to split the contrast map")
+    m_lo, m_hi, s_lo, s_hi, w_hi = _two_gaussians(finite)
+    mid, half = 0.5 * (m_lo + m_hi), 0.5 * (m_hi - m_lo)
+    if not half > 0:
+        raise GhostmapError("the contrast map has no two populations to split")
+    z = (np.nan_to_num(contrast, nan=mid) - mid) / half
+    sigma = max(0.5 * (s_lo + s_hi) / half, 0.05)
+    centres = np.array([0.0, -1.0, 1.0])  # none, vertical, horizontal
+    bias = np.array([(none_band - 0.5) / sigma**2 if none_band > 0 else -np.inf, 0.0, 0.0])
+    scores = -((z[..., None] - centres) ** 2) / (2 * sigma**2) + bias
+    scores -= scores.max(-1, keepdims=True)
+    prob = np.exp(scores)
+    prob /= prob.sum(-1, keepdims=True)
+    labels = prob.argmax(-1).astype(np.int64)
+    info = {"vertical_mean": m_lo, "horizontal_mean": m_hi, "vertical_sigma": s_lo, "horizontal_sigma": s_hi,
+            "horizontal_fraction": w_hi, "threshold": mid, "none_band": [mid - none_band * half, mid + none_band * half],
+            "separation": float(2 * half / (0.5 * (s_lo + s_hi)))}
+    return labels, prob.astype(np.float32), info
+
+
+@dataclass
+class BaselineResult:
+    """A baseline's class map (``prediction``) and what it was computed from (``arrays``, ``info``)."""
+
+    method: str
+    prediction: Prediction
+    arrays: dict = field(default_factory=dict)
+    info: dict = field(default_factory=dict)
+    apertures: Apertures | None = None
+
+
+def _bad_mask(mean: np.ndarray, maximum: np.ndarray) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    bad_pixels = find_bad_pixels(mean, maximum)
+    bad = np.zeros(mean.shape, bool)
+    for r, c in bad_pixels:
+        bad[r, c] = True
+    return bad, bad_pixels
+
+
+def _central_disk(clean_mean: np.ndarray) -> tuple[np.ndarray, tuple[float, float], float, float]:
+    """The central disk of a mean pattern: mask, centre (row, col), radius, and half its median counts."""
+    bf = bright_field_mask(clean_mean)
+    rr, cc = np.nonzero(bf)
+    return (bf, (float(rr.mean()), float(cc.mean())), float(np.sqrt(bf.sum() / np.pi)),
+            0.5 * float(np.median(clean_mean[bf])))
+
+
+def vdf_baseline(scan, apertures: Apertures | None = None, radius: float | None = None, pool: int = 3,
+                 none_band: float = 0.5, descan: bool = True,
+                 progress: Callable[[int, int], None] | None = None) -> BaselineResult:
+    """Offset virtual dark-field baseline (see the module docstring); no labels or ground truth used.
+
+    ``descan``: move the apertures with each pattern's smoothed central-disk position
+    (:func:`origin_shifts`), which costs one more read of the scan.
+    """
+    scan = as_scan(scan)
+    if int(pool) < 1:
+        raise GhostmapError(f"pool must be at least 1, got {pool}")
+    det = scan.detector_shape
+    mean = mean_pattern(scan)
+    bad, bad_pixels = _bad_mask(mean, max_pattern(scan))
+    clean = _clean_mean(mean, bad)
+    lattice = None
+    if apertures is None:
+        lattice = find_lattice(clean)
+        apertures = ghost_apertures(lattice, det, mean=clean, radius=radius)
+    else:
+        if radius is not None:
+            apertures = Apertures(apertures.horizontal, apertures.vertical, radius, apertures.lattice)
+        apertures.check(det)
+    live = (~bad).astype(np.float64)
+    bf, bf_center, bf_radius, _ = _central_disk(clean)
+    yy, xx = np.indices(det, dtype=np.float64)
+
+    def render(dy: float, dx: float) -> np.ndarray:
+        moved = Apertures(apertures.horizontal + (dy, dx), apertures.vertical + (dy, dx), apertures.radius)
+        w_h, w_v = aperture_weights(moved, det)
+        disk = np.clip(bf_radius - np.hypot(yy - bf_center[0] - dy, xx - bf_center[1] - dx) + 0.5, 0, 1)
+        return np.stack([w_h * live, w_v * live, disk * live, live])
+
+    if descan:
+        shifts = origin_shifts(scan, bf_center, bf_radius, live)
+        sums = vdf_sums(scan, render, shifts, progress=progress)
+    else:
+        shifts = np.zeros((*scan.scan_shape, 2))
+        sums = vdf_sums(scan, render(0.0, 0.0), progress=progress)
+    s_h, s_v, s_bf, total = np.moveaxis(sums, -1, 0)
+    contrast = contrast_map(s_h, s_v, total, pool=int(pool))
+    labels, prob, info = classify_contrast(contrast, none_band=none_band)
+    info.update({"method": "vdf", "pool": int(pool), "aperture_radius": apertures.radius,
+                 "n_apertures": [len(apertures.horizontal), len(apertures.vertical)],
+                 "bad_pixels": len(bad_pixels), "descan": bool(descan),
+                 "descan_range": [float(np.ptp(shifts[..., 0])), float(np.ptp(shifts[..., 1]))]})
+    if lattice is not None:
+        info["lattice"] = lattice.to_dict()
+    prediction = Prediction(labels, prob, VDF_CLASSES, s_bf.astype(np.float32))
+    arrays = {"contrast": contrast.astype(np.float32), "horizontal_sum": s_h.astype(np.float32),
+              "vertical_sum": s_v.astype(np.float32), "total": total.astype(np.float32),
+              "descan_shift": shifts.astype(np.float32)}
+    return BaselineResult("vdf", prediction, arrays, info, apertures)
+
+
+# --------------------------------------------------------------------------- clustering
+
+
+def _sklearn():
+    try:
+        from sklearn.cluster import KMeans
+        from sklearn.decomposition import IncrementalPCA
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        raise GhostmapError("clustering needs scikit-learn: pip install 'ghostmap[baselines]'") from None
+    return KMeans, IncrementalPCA, threadpool_limits
+
+
+def _fourier_shift(x: np.ndarray, shifts: np.ndarray) -> np.ndarray:
+    """Shift each pattern x[i] (n, h, w) by shifts[i] (d_row, d_col) pixels (periodic, sub-pixel)."""
+    n, h, w = x.shape
+    ky = np.fft.fftfreq(h)[:, None]
+    kx = np.fft.rfftfreq(w)[None, :]
+    phase = np.exp(-2j * np.pi * (shifts[:, 0, None, None] * ky + shifts[:, 1, None, None] * kx))
+    return np.fft.irfft2(np.fft.rfft2(x) * phase, s=(h, w)).astype(np.float32)
+
+
+def cluster_features(scan, rows: tuple[int, int], bad_pixels, bin: int, pool: int,
+                     shifts: np.ndarray | None = None, keep: np.ndarray | None = None) -> np.ndarray:
+    """Features (stop-start, cols, n) of scan rows [start, stop): bad pixels filled, aligned by
+    ``-shifts`` (descan), binned, pooled over pool x pool positions, the binned pixels ``keep``
+    (flat bool; all by default) taken, square-rooted and standardised."""
+    start, stop = rows
+    n_rows, n_cols = scan.scan_shape
+    half = pool // 2
+    lo, hi = max(0, start - half), min(n_rows, stop + half)
+    raw = scan.read_rows(lo, hi)
+    fill = Preprocessing(bin=1, pool=1, bad_pixels=bad_pixels)
+    x = fill.reduce(raw.reshape(-1, *scan.detector_shape)).numpy()
+    if shifts is not None:
+        x = _fourier_shift(x, -shifts[lo:hi].reshape(-1, 2))
+    n, dh, dw = x.shape
+    h, w = dh // bin, dw // bin
+    x = x[:, : h * bin, : w * bin].reshape(n, h, bin, w, bin).sum((2, 4))
+    x = pool_map(x.reshape(hi - lo, n_cols, h * w), pool)[start - lo : stop - lo]
+    if keep is not None:
+        x = x[..., keep]
+    x = np.sqrt(np.clip(x, 0, None))
+    x -= x.mean(-1, keepdims=True)
+    x /= np.maximum(x.std(-1, keepdims=True), 1e-6)
+    return x.astype(np.float32)
+
+
+def signal_components(variances: np.ndarray, factor: float = 2.0) -> int:
+    """How many leading principal components stand above the noise floor: variance over ``factor``
+    times the median variance of the trailing half of the components (at least 1)."""
+    v = np.asarray(variances, float)
+    floor = np.median(v[len(v) // 2 :]) if len(v) > 1 else 0.0
+    return max(1, int(np.sum(v > factor * floor))) if floor > 0 else len(v)
+
+
+def cluster_baseline(scan, k: int = 3, pool: int = 3, n_components: int | None = None, bin: int | None = None,
+                     descan: bool = True, seed: int = 0, max_components: int = 20,
+                     progress: Callable[[int, int], None] | None = None) -> BaselineResult:
+    """Label-free segmentation: preprocessed patterns -> incremental PCA -> k-means (see the module docstring).
+
+    ``bin`` defaults to the smallest factor bringing the detector to 32 pixels or fewer.
+    ``descan`` first aligns every pattern on its smoothed central-disk position. k-means runs on
+    the ``n_components`` leading principal components, by default those above the noise floor
+    (:func:`signal_components` of ``max_components`` fitted).
+    """
+    KMeans, IncrementalPCA, threadpool_limits = _sklearn()
+    # the SVDs and k-means here are small; multi-threaded BLAS / OpenMP made them up to 50x
+    # slower on a busy 2-core machine (threads spinning against each other), so run them on one
+    with threadpool_limits(limits=1):
+        return _cluster(scan, KMeans, IncrementalPCA, k, pool, n_components, bin, descan, seed, max_components,
+                        progress)
+
+
+def _cluster(scan, KMeans, IncrementalPCA, k, pool, n_components, bin, descan, seed, max_components,
+             progress) -> BaselineResult:
+    scan = as_scan(scan)
+    if int(k) < 2:
+        raise GhostmapError(f"k must be at least 2 clusters, got {k}")
+    if int(pool) < 1 or int(pool) % 2 == 0:
+        raise GhostmapError(f"pool must be an odd number of probe positions (1, 3, 5, ...), got {pool}")
+    n_rows, n_cols = scan.scan_shape
+    if scan.n_patterns < k:
+        raise GhostmapError(f"the scan has {scan.n_patterns} patterns, fewer than k = {k} clusters")
+    if bin is None:
+        bin = max(1, -(-max(scan.detector_shape) // 32))
+    bin = int(bin)
+    h, w = scan.detector_shape[0] // bin, scan.detector_shape[1] // bin
+    if bin < 1 or min(h, w) < 4:
+        raise GhostmapError(f"bin {bin} leaves patterns of only {h} x {w} pixels")
+    mean = mean_pattern(scan)
+    bad, bad_pixels = _bad_mask(mean, max_pattern(scan))
+    live = ~bad
+    clean = _clean_mean(mean, bad)
+    bf, bf_center, bf_radius, _ = _central_disk(clean)
+    shifts = origin_shifts(scan, bf_center, bf_radius, live) if descan else None
+    # leave out the central disk (binned pixels it touches, one pixel of margin): it carries
+    # thickness contrast, which after per-pattern standardisation is otherwise the main variation
+    disk = ndi.binary_dilation(bf, iterations=2)
+    # and the detector's border, where the periodic alignment shift wraps one edge onto the other
+    margin = int(np.ceil(np.abs(shifts).max())) + 1 if shifts is not None else 0
+    if margin:
+        disk[:margin] = disk[-margin:] = True
+        disk[:, :margin] = disk[:, -margin:] = True
+    keep = ~disk[: h * bin, : w * bin].reshape(h, bin, w, bin).any((1, 3)).ravel()
+    n_feat = int(keep.sum())
+    fitted = int(max(1, min(n_components or max_components, n_feat, scan.n_patterns)))
+    # blocks of about 256 patterns (at least ``fitted``) keep each partial SVD cheap and memory bounded
+    batch = max(256, fitted)
+    step = max(1, min(block_rows(scan), -(-batch // n_cols)))
+    blocks = [(b, min(b + step, n_rows)) for b in range(0, n_rows, step)]
+    pca = IncrementalPCA(n_components=fitted)
+    total_work = 2 * scan.n_patterns
+    pending: list[np.ndarray] = []
+    for b0, b1 in blocks:
+        pending.append(cluster_features(scan, (b0, b1), bad_pixels, bin, pool, shifts, keep).reshape(-1, n_feat))
+        if sum(len(p) for p in pending) >= batch or b1 == n_rows:
+            chunk = np.concatenate(pending)
+            if len(chunk) >= fitted:
+                pca.partial_fit(chunk)
+            pending = []
+        if progress:
+            progress(b1 * n_cols, total_work)
+    scores = np.zeros((n_rows, n_cols, fitted), np.float32)
+    bright = np.zeros((n_rows, n_cols), np.float64)
+    for b0, b1 in blocks:
+        scores[b0:b1] = pca.transform(cluster_features(scan, (b0, b1), bad_pixels, bin, pool, shifts, keep)
+                                      .reshape(-1, n_feat)).reshape(b1 - b0, n_cols, fitted)
+        if progress:
+            progress(scan.n_patterns + b1 * n_cols, total_work)
+    n_use = int(n_components) if n_components else signal_components(pca.explained_variance_)
+    bright = vdf_sums(scan, (bf & live)[None].astype(np.float32))[..., 0]
+    flat = scores.reshape(-1, fitted)[:, :n_use].astype(np.float64)
+    km = KMeans(n_clusters=int(k), n_init=10, random_state=int(seed)).fit(flat)
+    sizes = np.bincount(km.labels_, minlength=int(k))
+    order = np.argsort(-sizes, kind="stable")  # cluster 0 = the largest
+    centres = km.cluster_centers_[order]
+    d2 = ((flat[:, None, :] - centres[None]) ** 2).sum(-1)
+    scale = max(float(d2.min(1).mean()), 1e-12)
+    prob = np.exp(-(d2 - d2.min(1, keepdims=True)) / scale)
+    prob /= prob.sum(1, keepdims=True)
+    labels = d2.argmin(1).reshape(n_rows, n_cols).astype(np.int64)
+    classes = tuple(f"cluster {i}" for i in range(int(k)))
+    prediction = Prediction(labels, prob.reshape(n_rows, n_cols, -1).astype(np.float32), classes,
+                            bright.astype(np.float32))
+    info = {"method": "cluster", "k": int(k), "pool": int(pool), "bin": bin, "descan": bool(descan),
+            "n_components_fitted": fitted, "n_components_used": n_use,
+            "explained_variance_ratio": [float(v) for v in pca.explained_variance_ratio_],
+            "cluster_sizes": [int(sizes[i]) for i in order], "bad_pixels": len(bad_pixels)}
+    arrays = {"scores": scores, "distances": np.sqrt(d2).reshape(n_rows, n_cols, -1).astype(np.float32)}
+    if shifts is not None:
+        arrays["descan_shift"] = shifts.astype(np.float32)
+    return BaselineResult("cluster", prediction, arrays, info)
+
+
+# --------------------------------------------------------------------------- running and saving
+
+
+def run_baseline(scan, method: str = "vdf", **options) -> BaselineResult:
+    """Dispatch to :func:`vdf_baseline` or :func:`cluster_baseline` by name."""
+    if method == "vdf":
+        return vdf_baseline(scan, **options)
+    if method == "cluster":
+        return cluster_baseline(scan, **options)
+    raise GhostmapError(f"unknown baseline method '{method}'; choose one of {', '.join(METHODS)}")
+
+
+def save_baseline(out_dir: str | Path, result: BaselineResult, title: str = "") -> dict[str, Path]:
+    """Write the predict-format outputs plus ``baseline.npz`` (and for vdf ``contrast.png``, ``apertures.json``)."""
+    from .outputs import save_prediction
+
+    out_dir = Path(out_dir)
+    paths = save_prediction(out_dir, result.prediction, title=f"{title} ({result.method} baseline)".strip())
+    paths["baseline"] = out_dir / BASELINE_FILE
+    with atomic_path(paths["baseline"]) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, **result.arrays, info=np.array(json.dumps(result.info)))
+    if result.apertures is not None:
+        paths["apertures"] = out_dir / APERTURES_FILE
+        write_text(paths["apertures"], json.dumps(result.apertures.to_dict(), indent=1) + "\n")
+    if "contrast" in result.arrays:
+        paths["contrast"] = out_dir / CONTRAST_FILE
+        _save_contrast_png(paths["contrast"], result.arrays["contrast"], result.info, title)
+    return paths
+
+
+def _save_contrast_png(path: Path, contrast: np.ndarray, info: dict, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows, cols = contrast.shape
+    fig, ax = plt.subplots(figsize=(10, 10 * rows / cols + 1.2) if cols > 2 * rows else (6, 6 * rows / cols + 1))
+    lo, hi = np.nanpercentile(contrast, [1, 99])
+    im = ax.imshow(contrast, cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
+    fig.colorbar(im, ax=ax, fraction=0.03, label="(h - v) / total")
+    ax.set_title("ghost-disk contrast: horizontal (bright) vs vertical (dark)" + (f" - {title}" if title else ""))
+    ax.set_xlabel("scan column (x)")
+    ax.set_ylabel("scan row (y)")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
