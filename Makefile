@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # The CPU build of PyTorch; other versions pull a multi-GB CUDA build on machines without a GPU.
 TORCH ?= torch==2.13.0
 
-.PHONY: demo test install benchmark clean
+.PHONY: demo test install benchmark clean browser
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -19,7 +19,11 @@ install: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(VENV)/bin/ghostmap demo
 
-test: $(VENV)/.installed
+# Debian's Chromium, for the browser test of the label app (tests/test_webapp_e2e.py, skipped without it).
+browser:
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium) || echo "chromium not installed: the browser test will be skipped"
+
+test: $(VENV)/.installed browser
 	$(VENV)/bin/pytest -q
 
 benchmark: $(VENV)/.installed

@@ -158,7 +158,7 @@ def train(
     arch: str = typer.Option("compact", "--arch", help="compact (default, fast) or paper (the paper's CNN)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Default: from the number of labels."),
     seed: int = typer.Option(0, "--seed"),
-    bin_factor: Optional[int] = typer.Option(None, "--bin", help="Sum b x b detector pixels (default: down to 256 or fewer, 512 -> 256)."),
+    bin_factor: Optional[int] = typer.Option(None, "--bin", help="Sum b x b detector pixels (default: down to 128 px for compact, 256 for paper)."),
     crop: Optional[str] = typer.Option(None, "--crop", help="Detector window ROW0:ROW1,COL0:COL1."),
     transform: str = typer.Option("sqrt", "--transform", help="sqrt, log, gamma or none."),
     gamma: float = typer.Option(0.5, "--gamma"),
@@ -172,14 +172,14 @@ def train(
     """Train a classifier on labelled patterns."""
     from .labels import read_labels, require_trainable
     from .preprocessing import fit_preprocessing
-    from .training import TrainingOptions
+    from .training import TrainingOptions, default_input_size
     from .training import train as train_model
 
     with _open(data, dataset, scan_shape) as scan:
         given = read_labels(labels, scan_shape=scan.scan_shape)
         require_trainable(given, str(labels))
         prep = fit_preprocessing(scan, bin=bin_factor, crop=_crop(crop), transform=transform, gamma=gamma,
-                                 pool=pool, pool_mode=pool_mode)
+                                 pool=pool, pool_mode=pool_mode, target_size=default_input_size(arch))
         options = TrainingOptions(arch=arch, epochs=epochs, seed=seed, augment=augment, device=device)
         with _progress() as progress:
             task = progress.add_task("training", total=None, info="")
@@ -283,6 +283,103 @@ def demo(
         result = run_demo(out_dir, budget=budget, scan_shape=_shape(scan, "--scan"), detector=detector, seed=seed,
                           say=lambda text: progress.update(task, info=text))
     out.print(result["summary"])
+
+
+@app.command()
+def label(
+    data: Optional[Path] = typer.Argument(None, help="The scan (leave out with --demo)."),
+    labels: Optional[Path] = typer.Option(None, "--labels", help="Label file (x,y,label), written after every label; created if absent."),
+    budget: int = typer.Option(50, "--budget", help="Total number of labels the sampler aims for."),
+    strategy: str = typer.Option("adaptive", "--strategy", help="adaptive (refine domain walls) or random."),
+    step: Optional[int] = typer.Option(None, "--step", help="Coarse grid step (default: from scan size and budget)."),
+    seed: int = typer.Option(0, "--seed"),
+    classes: Optional[str] = typer.Option(None, "--classes", help="Class names, e.g. horizontal,vertical,none (default: the label file's, or those three)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to serve on; the default is reachable from this machine only."),
+    port: int = typer.Option(8000, "--port", help="Port to serve on (0: any free port)."),
+    open_browser: bool = typer.Option(False, "--open", help="Open the page in a web browser."),
+    demo: bool = typer.Option(False, "--demo", help="Label the built-in simulated scan, kept in ghostmap-label-demo/."),
+    dataset: Optional[str] = DatasetOpt,
+    scan_shape: Optional[str] = ScanShapeOpt,
+):
+    """Label patterns in a local web page, guided by the adaptive sampler (needs the 'web' extra)."""
+    try:
+        from .webapp.app import LOCAL_HOSTS, create_app
+        from .webapp.server import DEMO_DIR, bind, is_loopback, parse_classes, prepare_demo, serve, url_of
+    except ImportError as exc:
+        raise GhostmapError(f"the label app needs FastAPI and uvicorn ({exc}); install them with "
+                            "pip install 'ghostmap[web]'") from None
+    if demo == (data is not None):
+        raise typer.BadParameter("give the scan DATA, or --demo for the built-in simulated scan", param_hint="DATA")
+    if demo:
+        data, demo_labels = prepare_demo(DEMO_DIR, say=lambda text: console.print(text, highlight=False))
+        labels = labels or demo_labels
+    if labels is None:
+        raise typer.BadParameter("name the label file to write, e.g. --labels labels.csv", param_hint="--labels")
+    sock = bind(host, port)
+    try:
+        with _open(data, dataset, scan_shape) as scan:
+            console.print(f"preparing {data.name} (overview image, preprocessing) ...", highlight=False)
+            web = create_app(scan, labels, classes=parse_classes(classes), budget=budget, strategy=strategy,
+                             step=step, seed=seed, allowed_hosts=LOCAL_HOSTS if is_loopback(host) else None)
+            for warning in web.state.session.warnings:
+                console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+            if not is_loopback(host):
+                console.print(f"[bold yellow]warning:[/] serving on {host}: anyone who can reach this machine can "
+                              "see the scan and change the labels", highlight=False)
+            url = url_of(sock, host)
+            out.print(f"labelling {data.name} into {labels}: open {url} (Ctrl+C to stop)", highlight=False)
+            try:
+                serve(web, sock, url, open_browser=open_browser)
+            except KeyboardInterrupt:  # uvicorn has shut down cleanly and re-raised the Ctrl+C
+                pass
+    finally:
+        sock.close()
+    n = len(web.state.session.labels)
+    out.print(f"stopped; {n} label{'' if n == 1 else 's'} in {labels}", highlight=False)
+
+
+@app.command()
+def baseline(
+    data: Path = typer.Argument(..., help="The scan."),
+    method: str = typer.Option("vdf", "--method", help="vdf (virtual dark field on the ghost disks) or cluster (label-free PCA + k-means)."),
+    out_dir: Path = typer.Option(..., "--out", help="Folder for predictions.npz, domain_map.png, summary.png, baseline.npz."),
+    apertures: Optional[Path] = typer.Option(None, "--apertures", help="vdf: JSON with 'horizontal' and 'vertical' [row, col] lists and 'radius' (default: found from the mean pattern)."),
+    radius: Optional[float] = typer.Option(None, "--radius", help="vdf: aperture radius in detector pixels (default: the central disk's)."),
+    k: int = typer.Option(3, "--k", help="cluster: number of clusters."),
+    pool: int = typer.Option(3, "--pool", help="Pool k x k neighbouring probe positions (1 = off)."),
+    descan: bool = typer.Option(True, "--descan/--no-descan", help="Follow the pattern's drift across the scan (central-disk position)."),
+    seed: int = typer.Option(0, "--seed", help="cluster: k-means seed."),
+    dataset: Optional[str] = DatasetOpt,
+    scan_shape: Optional[str] = ScanShapeOpt,
+):
+    """Conventional baselines without labels: offset virtual dark field (vdf) or clustering, written like 'predict'."""
+    from .baselines import METHODS, read_apertures, run_baseline, save_baseline
+
+    if method not in METHODS:
+        raise GhostmapError(f"unknown --method '{method}'; choose one of {', '.join(METHODS)}")
+    if method == "vdf":
+        options = {"radius": radius, "pool": pool, "descan": descan}
+    else:
+        if apertures is not None or radius is not None:
+            raise GhostmapError("--apertures and --radius apply to --method vdf only")
+        options = {"k": k, "pool": pool, "descan": descan, "seed": seed}
+    with _open(data, dataset, scan_shape) as scan:
+        if apertures is not None:
+            options["apertures"] = read_apertures(apertures, scan.detector_shape, radius=radius)
+        with _progress() as progress:
+            task = progress.add_task(method, total=None, info="patterns")
+            result = run_baseline(scan, method, **options,
+                                  progress=lambda done, total: progress.update(task, completed=done, total=total))
+    paths = save_baseline(out_dir, result, title=str(data.name))
+    names = result.prediction.label_names()
+    fractions = ", ".join(f"{c} {float((names == c).mean()):.0%}" for c in result.prediction.classes)
+    out.print(f"{method} baseline on {names.size} patterns: {fractions}")
+    if method == "vdf":
+        info = result.info
+        out.print(f"{info['n_apertures'][0]} horizontal + {info['n_apertures'][1]} vertical apertures of radius "
+                  f"{info['aperture_radius']:.2f} px; contrast split {info['separation']:.1f} noise widths apart")
+    for p in paths.values():
+        out.print(f"  {p}")
 
 
 def _bytes(n: int) -> str:
