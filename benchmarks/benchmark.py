@@ -74,6 +74,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--naive-patterns", type=int, default=300,
                    help="patterns the naive loop is timed on before extrapolating (default 300)")
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default: ghostmap's; for quick checks)")
+    p.add_argument("--paper-epochs", type=int, default=None,
+                   help="training epochs for the paper network only (its 400 default epochs take long on a CPU)")
     p.add_argument("--write", type=Path, default=ROOT / "BENCHMARKS.md",
                    help="Markdown file to update (default BENCHMARKS.md)")
     p.add_argument("--device", default=None,
@@ -111,6 +113,8 @@ def command_line(args: argparse.Namespace) -> str:
     parts += ["--skip-naive"] if args.skip_naive else ["--naive-patterns", str(args.naive_patterns)]
     if args.epochs:
         parts += ["--epochs", str(args.epochs)]
+    if args.paper_epochs:
+        parts += ["--paper-epochs", str(args.paper_epochs)]
     parts += ["--device", ",".join(args.devices)]
     return shlex.join(parts)
 
@@ -296,8 +300,9 @@ def train_models(args, scan_path: Path, labels_path: Path, truth_path: Path, dev
         model_dir = args.workdir / "models" / f"{arch}-{device}"
         cmd = ghostmap_cmd("train", str(scan_path), "--labels", str(labels_path), "--out", str(model_dir),
                            "--arch", arch, "--seed", str(args.seed), "--device", device)
-        if args.epochs:
-            cmd += ["--epochs", str(args.epochs)]
+        epochs = args.paper_epochs if arch == "paper" and args.paper_epochs else args.epochs
+        if epochs:
+            cmd += ["--epochs", str(epochs)]
         say(f"training {arch} on {device}")
         run = measured(cmd, f"training {arch}")
         metrics = json.loads((model_dir / "model.json").read_text())["metrics"]
