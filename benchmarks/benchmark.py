@@ -564,7 +564,7 @@ def main(argv: list[str]) -> None:
         measured(self_cmd("_read", str(path)), f"warm-up read {fmt}")
     say("page cache warmed")
 
-    startup = statistics.median(measured([sys.executable, "-c", "import ghostmap"], "import ghostmap").seconds
+    startup = statistics.median(measured([sys.executable, "-c", "import ghostmap.prediction"], "import ghostmap.prediction").seconds
                                 for _ in range(args.repeats))
     rows: list[Row] = []
     floor: dict[str, float] = {}
@@ -591,7 +591,7 @@ def main(argv: list[str]) -> None:
         f"Each throughput figure is the median of {args.repeats} run(s); peak RSS is the largest of them.",
         "Every step runs as its own process, as a user would run it, so its seconds are the process's wall time "
         "including interpreter start-up, imports and model loading; patterns/s = all patterns / those seconds.",
-        f"Start-up alone (`python -c 'import ghostmap'`, which imports torch) takes {startup:.2f} s; without "
+        f"Start-up alone (`python -c 'import ghostmap.prediction'`, which imports torch) takes {startup:.2f} s; without "
         "start-up the read pass's loop takes " + ", ".join(
             f"{s:.2f} s on {f} ({n_patterns / s:,.0f} patterns/s)" for f, s in read_loops.items()) + ".",
         "Peak RSS is the process's `ru_maxrss` (read from `RUSAGE_CHILDREN` in a wrapper whose only child it is). "
