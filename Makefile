@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # The CPU build of PyTorch; other versions pull a multi-GB CUDA build on machines without a GPU.
 TORCH ?= torch==2.13.0
 
-.PHONY: demo test install benchmark clean browser
+.PHONY: demo test install benchmark table1 clean browser
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -28,6 +28,18 @@ test: $(VENV)/.installed browser
 
 benchmark: $(VENV)/.installed
 	$(PY) benchmarks/benchmark.py
+
+# Issue 6's evidence: Table 1 on the paper's label geometry, the baselines, and py4DSTEM's own virtual
+# imaging side by side. py4DSTEM needs numpy<2, so it gets a venv of its own.
+PY4DSTEM_VENV ?= .venv-py4dstem
+$(PY4DSTEM_VENV)/.installed:
+	python3 -m venv $(PY4DSTEM_VENV)
+	$(PY4DSTEM_VENV)/bin/python -m pip install -q py4DSTEM
+	touch $@
+
+table1: $(VENV)/.installed $(PY4DSTEM_VENV)/.installed
+	$(PY) benchmarks/table1.py
+	$(PY) benchmarks/py4dstem_compare.py --py4dstem-python $(PY4DSTEM_VENV)/bin/python
 
 clean:
 	rm -rf $(VENV) ghostmap-demo
