@@ -284,13 +284,13 @@ def fit_preprocessing(scan, **options) -> Preprocessing:
     Bad pixels are found from the mean and maximum of an evenly strided subset of
     patterns, which is enough for defects that sit at the same place in every pattern.
     """
-    from .reading import max_pattern, mean_pattern
+    from .reading import mean_and_max_pattern
 
     prep = Preprocessing(**options).resolve(scan.detector_shape)
     prep.check_detector(scan.detector_shape)
-    mean = mean_pattern(scan)
+    mean, maximum = mean_and_max_pattern(scan)
     if not options.get("bad_pixels"):
-        prep.bad_pixels = find_bad_pixels(mean, max_pattern(scan))
+        prep.bad_pixels = find_bad_pixels(mean, maximum)
     if prep.subtract_mean:
         prep.reference = reference_pattern(mean, prep)
     return prep

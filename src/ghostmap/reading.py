@@ -540,29 +540,29 @@ def _sample_rows(scan: Scan, max_patterns: int) -> np.ndarray:
     return np.unique(np.linspace(0, rows - 1, n).round().astype(int))
 
 
-def mean_pattern(scan, max_patterns: int = 4096) -> np.ndarray:
-    """Mean diffraction pattern (float64) over an evenly strided subset of scan rows.
-
-    Cheap on huge scans; exact when the subset covers every row.
-    """
+def mean_and_max_pattern(scan, max_patterns: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """Mean (float64) and pixel-wise maximum patterns over an evenly strided subset of scan
+    rows, in one pass: cheap on huge scans, exact when the subset covers every row."""
     scan = as_scan(scan)
     total = np.zeros(scan.detector_shape, dtype=np.float64)
-    count = 0
+    maximum, count = None, 0
     for row in _sample_rows(scan, max_patterns):
         block = scan.read_rows(row, row + 1)[0]
         total += block.sum(axis=0, dtype=np.float64)
+        block_max = block.max(axis=0)
+        maximum = block_max if maximum is None else np.maximum(maximum, block_max)
         count += block.shape[0]
-    return total / count
+    return total / count, maximum
+
+
+def mean_pattern(scan, max_patterns: int = 4096) -> np.ndarray:
+    """Mean diffraction pattern (float64) over an evenly strided subset of scan rows."""
+    return mean_and_max_pattern(scan, max_patterns)[0]
 
 
 def max_pattern(scan, max_patterns: int = 4096) -> np.ndarray:
     """Pixel-wise maximum pattern over an evenly strided subset of scan rows."""
-    scan = as_scan(scan)
-    result = None
-    for row in _sample_rows(scan, max_patterns):
-        block_max = scan.read_rows(row, row + 1)[0].max(axis=0)
-        result = block_max if result is None else np.maximum(result, block_max)
-    return result
+    return mean_and_max_pattern(scan, max_patterns)[1]
 
 
 def virtual_image(scan, mask: np.ndarray) -> np.ndarray:
