@@ -232,7 +232,6 @@ def predict(
 
     model = Model.load(model_dir)
     with _open(data, dataset, scan_shape) as scan:
-        model.check_scan(scan.detector_shape, str(data))
         with _progress() as progress:
             task = progress.add_task("classifying", total=scan.n_patterns, info="patterns")
             result = predict_scan(scan, model, batch_size=batch_size, device=device,

@@ -324,9 +324,10 @@ def preprocess_positions(scan, rows, cols, prep: Preprocessing) -> torch.Tensor:
 
 
 def block_rows(scan, max_bytes: int = 32 * 2**20) -> int:
-    """Scan rows per read so that one raw block stays under ``max_bytes`` (at least one row)."""
-    row_bytes = scan.scan_shape[1] * int(np.prod(scan.detector_shape)) * np.dtype(scan.dtype).itemsize
-    return max(1, min(scan.scan_shape[0], max_bytes // max(1, row_bytes)))
+    """Scan rows per read while streaming: one raw block stays under ``max_bytes`` (at least one row)."""
+    from .reading import rows_per_block
+
+    return rows_per_block(scan, max_bytes)
 
 
 def _read_blocks(scan, blocks, prefetch: bool, prep: Preprocessing):

@@ -37,14 +37,19 @@ _DIRECTIONS = tuple((dx, dy) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dx, d
 _EMPTY = (np.zeros(0, np.int64), np.zeros(0, np.int64))
 
 
-def _positive_int(value, name: str) -> int:
+def _whole_number(value, name: str, minimum: int) -> int:
     try:
         number = operator.index(value)
     except TypeError:
         raise GhostmapError(f"{name} must be a whole number, got {value!r}") from None
-    if number < 1:
-        raise GhostmapError(f"{name} must be at least 1, got {number}")
+    if number < minimum:
+        raise GhostmapError(f"{name} must be at least {minimum}, got {number}" if minimum else
+                            f"{name} must not be negative, got {number}")
     return number
+
+
+def _positive_int(value, name: str) -> int:
+    return _whole_number(value, name, 1)
 
 
 def _scan_shape(scan_shape) -> tuple[int, int]:
@@ -239,12 +244,7 @@ def propose(
     if step is None:
         step = default_step((rows, cols), budget)
     step = _positive_int(step, "step")
-    try:
-        seed = operator.index(seed)
-    except TypeError:
-        raise GhostmapError(f"seed must be a whole number, got {seed!r}") from None
-    if seed < 0:
-        raise GhostmapError(f"seed must not be negative, got {seed}")
+    seed = _whole_number(seed, "seed", 0)
     labels = Labels.empty() if labels is None else labels
     if len(labels):
         outside = (labels.x >= cols) | (labels.y >= rows)
