@@ -9,7 +9,7 @@ virtual bright-field image is summed on the way, for the summary figure.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -64,6 +64,71 @@ def default_batch_size(input_shape: tuple[int, int], budget_bytes: int = 64 * 2*
     return int(min(512, max(8, budget_bytes // per_pattern)))
 
 
+def bright_field_index(scan) -> np.ndarray:
+    """Flat detector indices of the bright-field disk, found once from the first scan row."""
+    scan = as_scan(scan)
+    n_cols = scan.scan_shape[1]
+    first_row = scan.read_rows(0, 1)[0]
+    mean = first_row.reshape(n_cols, -1).mean(0, dtype=np.float64).reshape(scan.detector_shape)
+    return np.flatnonzero(bright_field_mask(mean))
+
+
+def prepare_network(model: Model, device: torch.device) -> torch.nn.Module:
+    """The model's network on ``device`` in eval mode, laid out for fast inference."""
+    # channels-last measured 2x faster than contiguous on the CPU for the compact network
+    return model.network.to(device).eval().to(memory_format=torch.channels_last)
+
+
+def classify(network: torch.nn.Module, inputs: torch.Tensor, batch_size: int, device: torch.device) -> np.ndarray:
+    """Class probabilities (N, C) float32 for network inputs (N, h, w) or (N, 1, h, w)."""
+    x = inputs.reshape(-1, 1, *inputs.shape[-2:]).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        out = [torch.softmax(network(x[b : b + batch_size].to(device)).float(), dim=1).cpu()
+               for b in range(0, x.shape[0], batch_size)]
+    if not out:
+        return np.zeros((0, 0), np.float32)
+    return torch.cat(out).numpy()
+
+
+def iter_predictions(
+    scan,
+    model: Model,
+    start: int = 0,
+    stop: int | None = None,
+    batch_size: int | None = None,
+    device: str | torch.device | None = None,
+    rows_per_block: int | None = None,
+    prefetch: bool = True,
+    bf_index: np.ndarray | None = None,
+) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
+    """Yield (row_start, row_stop, probabilities (rows, cols, C), bright field (rows, cols)) per block.
+
+    Covers scan rows [start, stop); the rows pooling needs on either side are read too, so
+    any split of a scan into row ranges gives exactly the predictions of one pass. This is
+    the unit of work that :func:`predict`, a series and a Dask cluster all run.
+    """
+    scan = as_scan(scan)
+    model.check_scan(scan.detector_shape, scan.source)
+    n_rows, n_cols = scan.scan_shape
+    stop = n_rows if stop is None else stop
+    dev = device if isinstance(device, torch.device) else pick_device(device)
+    network = prepare_network(model, dev)
+    batch_size = batch_size or default_batch_size(model.input_shape)
+    if bf_index is None:
+        bf_index = bright_field_index(scan)
+    bright = {}
+
+    def sum_bright_field(first_row: int, raw: np.ndarray) -> None:
+        flat = raw.reshape(raw.shape[0], raw.shape[1], -1)
+        for i in range(max(first_row, start), min(first_row + raw.shape[0], stop)):
+            bright[i] = flat[i - first_row][:, bf_index].sum(-1, dtype=np.float64)
+
+    for r0, r1, inputs in stream_rows(scan, model.preprocessing, start, stop, rows_per_block=rows_per_block,
+                                      prefetch=prefetch, on_raw=sum_bright_field):
+        probabilities = classify(network, inputs, batch_size, dev).reshape(r1 - r0, n_cols, -1)
+        yield r0, r1, probabilities, np.stack([bright.pop(i) for i in range(r0, r1)]).astype(np.float32)
+
+
 def predict(
     scan,
     model: Model,
@@ -83,29 +148,12 @@ def predict(
         model = Model.load(model)
     model.check_scan(scan.detector_shape, scan.source)
     reuse_freed_memory()
-    dev = pick_device(device)
-    # channels-last measured 2x faster than contiguous on the CPU for the compact network
-    network = model.network.to(dev).eval().to(memory_format=torch.channels_last)
     n_rows, n_cols = scan.scan_shape
-    batch_size = batch_size or default_batch_size(model.input_shape)
     probabilities = np.zeros((n_rows, n_cols, len(model.classes)), np.float32)
-    bright_field = np.zeros((n_rows, n_cols), np.float64)
-    first_row = scan.read_rows(0, 1)[0]  # the bright-field disk, found once from the first scan row
-    bf_index = np.flatnonzero(bright_field_mask(first_row.reshape(n_cols, -1).mean(0, dtype=np.float64)
-                                                .reshape(scan.detector_shape)))
-
-    def sum_bright_field(first_row: int, raw: np.ndarray) -> None:
-        flat = raw.reshape(raw.shape[0], raw.shape[1], -1)
-        bright_field[first_row : first_row + raw.shape[0]] = flat[:, :, bf_index].sum(-1, dtype=np.float64)
-
-    for start, stop, inputs in stream_rows(scan, model.preprocessing, rows_per_block=rows_per_block,
-                                           prefetch=prefetch, on_raw=sum_bright_field):
-        x = inputs.reshape(-1, 1, *inputs.shape[2:]).contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode():
-            out = [torch.softmax(network(x[b : b + batch_size].to(dev)).float(), dim=1).cpu()
-                   for b in range(0, x.shape[0], batch_size)]
-        probabilities[start:stop] = torch.cat(out).view(stop - start, n_cols, -1).numpy()
+    bright_field = np.zeros((n_rows, n_cols), np.float32)
+    for r0, r1, probs, bright in iter_predictions(scan, model, batch_size=batch_size, device=device,
+                                                  rows_per_block=rows_per_block, prefetch=prefetch):
+        probabilities[r0:r1], bright_field[r0:r1] = probs, bright
         if progress:
-            progress(stop * n_cols, n_rows * n_cols)
-    labels = probabilities.argmax(-1).astype(np.int64)
-    return Prediction(labels, probabilities, tuple(model.classes), bright_field.astype(np.float32))
+            progress(r1 * n_cols, n_rows * n_cols)
+    return Prediction(probabilities.argmax(-1).astype(np.int64), probabilities, tuple(model.classes), bright_field)
