@@ -85,21 +85,37 @@ def simulate(
     scan: str = typer.Option("34x206", "--scan", help="Scan size ROWSxCOLS."),
     detector: int = typer.Option(128, "--detector", help="Detector size N (N x N pixels)."),
     seed: int = typer.Option(0, "--seed"),
+    steps: int = typer.Option(1, "--steps", help="Simulate an in-situ series of this many scans "
+                                                 "(OUT is then a folder of scan_NNNN.npy + truth_NNNN.csv)."),
+    wall_shift: int = typer.Option(2, "--wall-shift", help="With --steps: scan columns the domain walls move per step."),
 ):
     """Write a synthetic boracite-like scan and its ground-truth labels (x,y,label)."""
-    from .simulate import write_simulated_scan, write_truth_csv
+    from .simulate import moving_domain_maps, write_simulated_scan, write_truth_csv
 
     scan_shape = _shape(scan, "--scan")
     if detector < 16:
         raise GhostmapError(f"--detector must be at least 16 pixels, got {detector}")
-    scan_path, truth_path = simulation_paths(out_path)
+    if steps < 1 or wall_shift < 0:
+        raise GhostmapError("--steps must be at least 1 and --wall-shift not negative")
+    if steps == 1:
+        targets = [simulation_paths(out_path)]
+        truths = [None]
+    else:
+        if out_path.suffix.lower() in (".npy", ".h5", ".hdf5"):
+            raise GhostmapError("a simulated series goes into a folder; give OUT without a file suffix")
+        targets = [(out_path / f"scan_{t:04d}.npy", out_path / f"truth_{t:04d}.csv") for t in range(steps)]
+        truths = list(moving_domain_maps(scan_shape, steps, wall_shift, seed=seed))
     with _progress() as progress:
-        task = progress.add_task("simulating", total=scan_shape[0], info="scan rows")
-        truth = write_simulated_scan(scan_path, scan_shape, detector, seed=seed,
-                                     progress=lambda done, total: progress.update(task, completed=done))
-    write_truth_csv(truth_path, truth)
-    out.print(f"scan:   {scan_path} ({scan_shape[0]} x {scan_shape[1]} patterns of {detector} x {detector}, uint16)")
-    out.print(f"truth:  {truth_path}")
+        task = progress.add_task("simulating", total=scan_shape[0] * steps, info="scan rows")
+        for t, ((scan_path, truth_path), truth) in enumerate(zip(targets, truths)):
+            done = t * scan_shape[0]
+            truth = write_simulated_scan(scan_path, scan_shape, detector, seed=seed, truth=truth, noise_seed=seed + t,
+                                         progress=lambda d, total, done=done: progress.update(task, completed=done + d))
+            write_truth_csv(truth_path, truth)
+    first, last = targets[0][0], targets[-1][0]
+    what = f"{scan_path}" if steps == 1 else f"{first} ... {last.name} ({steps} steps, walls moving {wall_shift} columns per step)"
+    out.print(f"scan:   {what} ({scan_shape[0]} x {scan_shape[1]} patterns of {detector} x {detector}, uint16)")
+    out.print(f"truth:  {targets[0][1]}" + ("" if steps == 1 else f" ... {targets[-1][1].name}"))
 
 
 def simulation_paths(target: Path) -> tuple[Path, Path]:
@@ -217,31 +233,178 @@ def _crop(text: Optional[str]):
 
 @app.command()
 def predict(
-    data: Path = typer.Argument(..., help="The scan."),
+    data: list[Path] = typer.Argument(..., help="The scan; or several scans, a quoted glob ('run/scan_*.h5') or a 5-D "
+                                                "(time, scan_row, scan_col, det_row, det_col) dataset for a time series."),
     model_dir: Path = typer.Option(..., "--model", help="Model folder written by 'ghostmap train'."),
-    out_dir: Path = typer.Option(..., "--out", help="Folder for predictions.npz, domain_map.png, summary.png."),
-    batch_size: int = typer.Option(256, "--batch-size"),
+    out_dir: Path = typer.Option(..., "--out", help="Folder for predictions.npz, domain_map.png, summary.png "
+                                                   "(a series: one step_NNNN folder per scan plus series.npz, series.csv, "
+                                                   "fractions.png, domain_maps.gif)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Patterns per forward pass (default: by input size)."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda ... (default: CUDA if present)."),
+    executor: str = typer.Option("local", "--executor", help="local (default, fastest on one machine) or dask."),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Dask scheduler address (tcp://host:8786); implies --executor dask."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="With --executor dask and no --scheduler: local cluster workers (default 2)."),
     dataset: Optional[str] = DatasetOpt,
     scan_shape: Optional[str] = ScanShapeOpt,
 ):
-    """Classify every pattern and write the domain map."""
+    """Classify every pattern and write the domain map; for several scans, follow the series."""
     from .model import Model
-    from .outputs import save_prediction
-    from .prediction import predict as predict_scan
+    from .series import is_series
 
+    if executor not in ("local", "dask"):
+        raise typer.BadParameter(f"choose local or dask, not '{executor}'", param_hint="--executor")
+    if scheduler:
+        executor = "dask"
+    if batch_size is not None and batch_size < 1:
+        raise typer.BadParameter("must be at least 1", param_hint="--batch-size")
     model = Model.load(model_dir)
-    with _open(data, dataset, scan_shape) as scan:
-        with _progress() as progress:
-            task = progress.add_task("classifying", total=scan.n_patterns, info="patterns")
-            result = predict_scan(scan, model, batch_size=batch_size, device=device,
-                                  progress=lambda done, total: progress.update(task, completed=done))
-    paths = save_prediction(out_dir, result, title=str(data.name))
+    shape = _shape(scan_shape, "--scan-shape") if scan_shape else None
+    with _predictor(executor, scheduler, workers, batch_size, device) as predict_step:
+        if is_series(data, dataset):
+            _predict_series(data, model, out_dir, predict_step, dataset, shape)
+            return
+        from .outputs import save_prediction
+        from .series import Step
+
+        step = Step(data[0], None, dataset, shape)
+        with step.open() as scan:
+            model.check_scan(scan.detector_shape, str(data[0]))
+            result = predict_step(step, scan, model, f"classifying {data[0].name}")
+        paths = save_prediction(out_dir, result, title=str(data[0].name))
+        out.print(f"classified {result.labels.size} patterns: {_fractions(result)}")
+        for p in paths.values():
+            out.print(f"  {p}")
+
+
+def _fractions(result) -> str:
     names = result.label_names()
-    fractions = ", ".join(f"{c} {float((names == c).mean()):.0%}" for c in result.classes)
-    out.print(f"classified {names.size} patterns: {fractions}")
-    for p in paths.values():
-        out.print(f"  {p}")
+    return ", ".join(f"{c} {float((names == c).mean()):.0%}" for c in result.classes)
+
+
+class _predictor:
+    """Context manager giving ``predict_step(step, scan, model, description)`` with a progress bar,
+    run here or on a Dask cluster (kept open across the steps of a series)."""
+
+    def __init__(self, executor, scheduler, workers, batch_size, device):
+        self.executor, self.scheduler, self.workers = executor, scheduler, workers
+        self.batch_size, self.device = batch_size, device
+        self.client = self.cluster = None
+
+    def __enter__(self):
+        if self.executor == "dask":
+            from .cluster import connect
+
+            self.client, self.cluster = connect(self.scheduler, self.workers)
+        return self.predict
+
+    def __exit__(self, *exc):
+        if self.client is not None:
+            self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()
+
+    def predict(self, step, scan, model, description):
+        from .prediction import predict as predict_scan
+
+        with _progress() as progress:
+            task = progress.add_task(description, total=scan.n_patterns, info="patterns")
+            report = lambda done, total: progress.update(task, completed=done)  # noqa: E731
+            if self.client is None:
+                return predict_scan(scan, model, batch_size=self.batch_size, device=self.device, progress=report)
+            from .cluster import predict_on_cluster
+
+            return predict_on_cluster(step, model, client=self.client, batch_size=self.batch_size, progress=report)
+
+
+def _predict_series(data, model, out_dir, predict_step, dataset, shape):
+    from .series import check_steps, predict_series, series_steps
+
+    steps = series_steps(data, dataset=dataset, scan_shape=shape)
+    check_steps(steps, model)
+    out.print(f"series of {len(steps)} scans -> {out_dir}")
+
+    def on_step(i, total, step, status):
+        kept = ": already classified, kept" if status == "skipped" else ": done"
+        out.print(f"step {i}/{total - 1} {Path(step.source).name}{kept}", highlight=False)
+
+    writer = predict_series(steps, model, out_dir, on_step=on_step,
+                            predict_step=lambda step, scan, m: predict_step(step, scan, m, f"step {steps.index(step)}"))
+    _print_series(writer)
+
+
+def _print_series(writer) -> None:
+    import math
+
+    arrays = writer.summary()
+    classes = [str(c) for c in arrays["classes"]]
+    out.print("step  " + "  ".join(f"{c:>10}" for c in classes) + "   changed  wall shift  source")
+    for t, source in enumerate(arrays["sources"]):
+        shift = arrays["wall_shift"][t]
+        out.print(f"{t:>4}  " + "  ".join(f"{f:>10.1%}" for f in arrays["fractions"][t])
+                  + f"  {int(arrays['changed'][t]):>8}  " + ("         -" if math.isnan(shift) else f"{shift:>10.2f}")
+                  + f"  {Path(str(source)).name}", highlight=False)
+    for name in ("series.npz", "series.csv", "fractions.png", "domain_maps.gif"):
+        out.print(f"  {writer.out_dir / name}")
+
+
+@app.command()
+def watch(
+    folder: Path = typer.Argument(..., help="Folder the acquisition software writes scans into."),
+    model_dir: Path = typer.Option(..., "--model", help="Model folder written by 'ghostmap train'."),
+    out_dir: Path = typer.Option(..., "--out", help="Series folder (as 'ghostmap predict' writes for several scans); resumed if it exists."),
+    pattern: Optional[list[str]] = typer.Option(None, "--pattern", help="File names to take, e.g. '*.h5' (repeatable; default: every scan format)."),
+    settle: float = typer.Option(2.0, "--settle", help="Seconds a file must stay unchanged before it is read."),
+    poll: float = typer.Option(1.0, "--poll", help="Seconds between looks at the folder."),
+    incomplete_after: float = typer.Option(600.0, "--incomplete-after", help="Skip (and report) a file that stays unreadable this long."),
+    stop_after: Optional[int] = typer.Option(None, "--stop-after", help="Stop after this many new scans."),
+    idle_exit: Optional[float] = typer.Option(None, "--idle-exit", help="Stop after this many seconds with nothing new."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size"),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda ... (default: CUDA if present)."),
+    executor: str = typer.Option("local", "--executor", help="local (default) or dask."),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Dask scheduler address; implies --executor dask."),
+    workers: Optional[int] = typer.Option(None, "--workers"),
+    dataset: Optional[str] = DatasetOpt,
+    scan_shape: Optional[str] = ScanShapeOpt,
+):
+    """Classify each new scan in FOLDER as soon as it is completely written, growing a series (Ctrl+C stops; run again to resume)."""
+    import signal
+
+    from .model import Model
+    from .watch import DEFAULT_PATTERNS, Watcher, WatchOptions
+
+    for name, value in (("--settle", settle), ("--incomplete-after", incomplete_after)):
+        if value < 0:
+            raise typer.BadParameter("must not be negative", param_hint=name)
+    if poll <= 0:
+        raise typer.BadParameter("must be positive", param_hint="--poll")
+    if executor not in ("local", "dask"):
+        raise typer.BadParameter(f"choose local or dask, not '{executor}'", param_hint="--executor")
+    model = Model.load(model_dir)
+    options = WatchOptions(patterns=tuple(pattern) if pattern else DEFAULT_PATTERNS, settle=settle, poll=poll,
+                           incomplete_after=incomplete_after, stop_after=stop_after, idle_exit=idle_exit,
+                           dataset=dataset, scan_shape=_shape(scan_shape, "--scan-shape") if scan_shape else None)
+
+    def report(event: str, text: str) -> None:
+        style = {"done": "green", "rejected": "bold red", "changed": "yellow", "waiting": "dim"}.get(event)
+        line = f"[{style}]{text}[/]" if style else text
+        console.print(line, highlight=False)
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)  # a service manager's stop finishes like Ctrl+C
+    with _predictor("dask" if scheduler else executor, scheduler, workers, batch_size, device) as predict_step:
+        watcher = Watcher(folder, model, out_dir, options, report=report,
+                          predict_step=lambda step, scan, m: predict_step(step, scan, m, f"classifying {step.path.name}"))
+        done = len(watcher.writer)
+        console.print(f"watching {folder} ({done} step{'' if done == 1 else 's'} already in {out_dir}); "
+                      "Ctrl+C to stop", highlight=False)
+        try:
+            watcher.run()
+        except KeyboardInterrupt:  # the usual way to stop watching
+            console.print(f"stopped; {len(watcher.writer)} steps in {out_dir}", highlight=False)
+    if len(watcher.writer):
+        _print_series(watcher.writer)
 
 
 @app.command()

@@ -25,6 +25,9 @@ from ghostmap.errors import GhostmapError
 __all__ = [
     "Scan",
     "open_scan",
+    "TimeSeries",
+    "open_time_series",
+    "time_series_length",
     "as_scan",
     "rows_per_block",
     "mean_pattern",
@@ -36,6 +39,7 @@ __all__ = [
 ]
 
 AXES = "(scan_row, scan_col, det_row, det_col)"
+SERIES_AXES = "(time, scan_row, scan_col, det_row, det_col)"
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".emd", ".nxs")
 ZARR_SUFFIXES = (".zarr", ".zip")
 RSCIIO_SUFFIXES = (".dm3", ".dm4", ".mib", ".blo")
@@ -271,26 +275,27 @@ def _listing(found: list[tuple[str, tuple]]) -> str:
     return ", ".join(items) if items else "none"
 
 
-def _pick_dataset(name: str, arrays: list[tuple[str, tuple]], dataset: str | None) -> str:
+def _pick_dataset(name: str, arrays: list[tuple[str, tuple]], dataset: str | None, ndim: int = 4) -> str:
     """Choose the array path to read from ``(path, shape)`` pairs found in a file."""
-    four_d = [(p, s) for p, s in arrays if len(s) == 4]
+    found = [(p, s) for p, s in arrays if len(s) == ndim]
     if dataset is not None:
         wanted = "/" + dataset.strip("/")
         shapes = dict(arrays)
         if wanted not in shapes:
             raise GhostmapError(
-                f"{name} has no dataset '{dataset}' (4-D datasets there: {_listing(four_d)})"
+                f"{name} has no dataset '{dataset}' ({ndim}-D datasets there: {_listing(found)})"
             )
         return wanted
-    if len(four_d) == 1:
-        return four_d[0][0]
-    if not four_d:
+    if len(found) == 1:
+        return found[0][0]
+    if not found:
+        what = AXES if ndim == 4 else SERIES_AXES
         raise GhostmapError(
-            f"{name} holds no 4-D dataset (datasets there: {_listing(arrays)}); "
-            f"ghostmap needs 4-D data {AXES}"
+            f"{name} holds no {ndim}-D dataset (datasets there: {_listing(arrays)}); "
+            f"ghostmap needs {ndim}-D data {what}"
         )
     raise GhostmapError(
-        f"{name} holds {len(four_d)} 4-D datasets ({_listing(four_d)}); "
+        f"{name} holds {len(found)} {ndim}-D datasets ({_listing(found)}); "
         "choose one with --dataset"
     )
 
@@ -307,6 +312,12 @@ def _hdf5_arrays(group: h5py.Group) -> list[tuple[str, tuple]]:
 
 
 def _open_hdf5(path: Path, dataset: str | None) -> Scan:
+    data, source, closers = _hdf5_array(path, dataset, 4)
+    return _scan_or_close(data, source, (path,), closers)
+
+
+def _hdf5_array(path: Path, dataset: str | None, ndim: int):
+    """(dataset, source text, closers) for the ``ndim``-D array chosen in an HDF5 file."""
     name = str(path)
     try:
         file = h5py.File(path, "r")
@@ -315,7 +326,7 @@ def _open_hdf5(path: Path, dataset: str | None) -> Scan:
     try:
         if dataset is not None and isinstance(file.get(dataset), h5py.Group):
             raise GhostmapError(f"'{dataset}' in {name} is a group, not a dataset")
-        chosen = _pick_dataset(name, _hdf5_arrays(file), dataset)
+        chosen = _pick_dataset(name, _hdf5_arrays(file), dataset, ndim)
         data = file[chosen]
     except GhostmapError:
         file.close()
@@ -323,7 +334,7 @@ def _open_hdf5(path: Path, dataset: str | None) -> Scan:
     except (OSError, KeyError, ValueError, RuntimeError) as exc:
         file.close()
         raise GhostmapError(f"{name} could not be read as HDF5 ({_one_line(exc)})") from exc
-    return _scan_or_close(data, f"{name}:{chosen}", (path,), [file.close])
+    return data, f"{name}:{chosen}", [file.close]
 
 
 def _zarr_arrays(group, prefix: str = "") -> list[tuple[str, tuple]]:
@@ -336,6 +347,12 @@ def _zarr_arrays(group, prefix: str = "") -> list[tuple[str, tuple]]:
 
 
 def _open_zarr(path: Path, dataset: str | None) -> Scan:
+    data, source, closers = _zarr_array(path, dataset, 4)
+    return _scan_or_close(data, source, (path,), closers)
+
+
+def _zarr_array(path: Path, dataset: str | None, ndim: int):
+    """(array, source text, closers) for the ``ndim``-D array chosen in a zarr store."""
     import zarr
 
     name = str(path)
@@ -350,7 +367,7 @@ def _open_zarr(path: Path, dataset: str | None) -> Scan:
         else:
             node = zarr.open(str(path), mode="r")
         if hasattr(node, "arrays"):  # a group
-            chosen = _pick_dataset(name, _zarr_arrays(node), dataset)
+            chosen = _pick_dataset(name, _zarr_arrays(node), dataset, ndim)
             data = node[chosen.lstrip("/")]
             source = f"{name}:{chosen}"
         else:
@@ -365,7 +382,7 @@ def _open_zarr(path: Path, dataset: str | None) -> Scan:
         for close in closers:
             close()
         raise GhostmapError(f"{name} is not a readable zarr store ({_one_line(exc)})") from exc
-    return _scan_or_close(data, source, (path,), closers)
+    return data, source, closers
 
 
 _RSCIIO_MODULES = {
@@ -522,6 +539,116 @@ def as_scan(obj, dataset: str | None = None) -> Scan:
     if _is_array_like(obj):
         return Scan(obj, f"{type(obj).__name__} array")
     raise GhostmapError(f"cannot read a 4D-STEM scan from a {type(obj).__name__}")
+
+
+# ---------------------------------------------------------------------- time series
+
+
+class _TimeStep:
+    """One time step of a lazy 5-D array, seen as a lazy 4-D one (nothing is read)."""
+
+    def __init__(self, data, t: int):
+        self._data, self._t = data, t
+        self.shape, self.dtype = tuple(data.shape[1:]), data.dtype
+
+    def __getitem__(self, key):
+        return self._data[(self._t, *key) if isinstance(key, tuple) else (self._t, key)]
+
+
+class TimeSeries:
+    """A lazily opened 5-D dataset (time, scan_row, scan_col, det_row, det_col): one Scan per step."""
+
+    def __init__(self, data, source: str, path: Path, closers=()):
+        if len(data.shape) != 5:
+            raise GhostmapError(f"{source} has shape {_shape_text(data.shape)}, not 5-D {SERIES_AXES}")
+        self.data, self.source, self.path, self._closers = data, source, path, list(closers)
+
+    def __len__(self) -> int:
+        return int(self.data.shape[0])
+
+    def __getitem__(self, t: int) -> Scan:
+        if not 0 <= t < len(self):
+            raise IndexError(f"time step {t} is outside the series' {len(self)} steps")
+        data = self.data
+        if isinstance(data, np.memmap):  # a fresh map per step keeps plain file reads working
+            step_bytes = math.prod(data.shape[1:]) * data.dtype.itemsize
+            view = np.memmap(data.filename, data.dtype, "r", data.offset + t * step_bytes, data.shape[1:])
+        else:
+            view = _TimeStep(data, t)
+        return Scan(view, f"{self.source}[{t}]", files=(self.path,))
+
+    def close(self) -> None:
+        closers, self._closers = self._closers, []
+        for close in reversed(closers):
+            close()
+
+    def __enter__(self) -> "TimeSeries":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def time_series_length(path: str | os.PathLike, dataset: str | None = None) -> int | None:
+    """Number of time steps if ``path`` holds a 5-D series, None if it holds a single scan.
+
+    A named ``dataset`` decides by its own dimensions; otherwise a file whose only
+    candidate is one 5-D array (and no 4-D one) is a series. Unreadable files give None,
+    so that :func:`open_scan` reports what is wrong with them.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".npy":
+            data = np.load(path, mmap_mode="r", allow_pickle=False)
+            return int(data.shape[0]) if getattr(data, "ndim", 0) == 5 and dataset is None else None
+        if suffix in HDF5_SUFFIXES:
+            with h5py.File(path, "r") as f:
+                arrays = _hdf5_arrays(f)
+        elif suffix in ZARR_SUFFIXES:
+            import zarr
+
+            node = zarr.open(str(path), mode="r") if suffix != ".zip" else None
+            if node is None:
+                return None
+            arrays = _zarr_arrays(node) if hasattr(node, "arrays") else [("/", tuple(node.shape))]
+        else:
+            return None
+    except Exception:  # noqa: BLE001 - open_scan gives the proper message
+        return None
+    shapes = dict(arrays)
+    if dataset is not None:
+        shape = shapes.get("/" + dataset.strip("/"))
+        return int(shape[0]) if shape is not None and len(shape) == 5 else None
+    four_d = [s for s in shapes.values() if len(s) == 4]
+    five_d = [s for s in shapes.values() if len(s) == 5]
+    return int(five_d[0][0]) if not four_d and len(five_d) == 1 else None
+
+
+def open_time_series(path: str | os.PathLike, dataset: str | None = None) -> TimeSeries:
+    """Open a 5-D series (time, scan_row, scan_col, det_row, det_col) in .npy, HDF5 or zarr lazily."""
+    path = Path(path)
+    if not path.exists():
+        raise GhostmapError(f"no such file: {path}")
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        try:
+            data = np.load(path, mmap_mode="r", allow_pickle=False)
+        except Exception as exc:  # noqa: BLE001
+            raise GhostmapError(f"{path} is truncated or not a valid .npy file") from exc
+        return TimeSeries(data, str(path), path)
+    if suffix in HDF5_SUFFIXES:
+        data, source, closers = _hdf5_array(path, dataset, 5)
+    elif suffix in ZARR_SUFFIXES:
+        data, source, closers = _zarr_array(path, dataset, 5)
+    else:
+        raise GhostmapError(f"a time series must be .npy, HDF5 or zarr, not {path.name}")
+    try:
+        return TimeSeries(data, source, path, closers)
+    except GhostmapError:
+        for close in closers:
+            close()
+        raise
 
 
 # --------------------------------------------------------------------- computations

@@ -428,12 +428,16 @@ class _Scene:
             out[:, self.dead_column] = 0.0
         return out
 
-    def render_row(self, row: int, out: np.ndarray) -> None:
-        """Write the noisy uint16 patterns of one scan row into ``out`` (cols, det, det)."""
+    def render_row(self, row: int, out: np.ndarray, noise_seed: int | None = None) -> None:
+        """Write the noisy uint16 patterns of one scan row into ``out`` (cols, det, det).
+
+        ``noise_seed`` (default: the scene's seed) draws other noise for the same sample.
+        """
         p = self.params
         cols = self.truth.shape[1]
         det = p.detector
-        rng = np.random.default_rng(np.random.SeedSequence([self.seed, _TAG_ROW, int(row)]))
+        seed = self.seed if noise_seed is None else int(noise_seed)
+        rng = np.random.default_rng(np.random.SeedSequence([seed, _TAG_ROW, int(row)]))
         jitter = np.clip(1.0 + p.dose_jitter * rng.standard_normal(cols), 0.5, 1.5)
         chunk = max(1, min(cols, (32 * 2**20) // (det * det * 8)))
         lam = np.empty((chunk, det, det), np.float64)
@@ -478,7 +482,7 @@ def _row_range(rows, n_rows: int) -> range:
 
 
 def simulate_patterns(truth: np.ndarray, rows: slice | range, params: SimulationParams | None = None,
-                      seed: int = 0) -> np.ndarray:
+                      seed: int = 0, noise_seed: int | None = None) -> np.ndarray:
     """uint16 (n_rows, cols, det, det) patterns for a block of scan rows of ``truth``.
 
     Row ``r`` depends only on (truth, params, seed, r), never on how the scan is split.
@@ -490,7 +494,7 @@ def simulate_patterns(truth: np.ndarray, rows: slice | range, params: Simulation
     det = params.detector
     out = np.empty((len(row_range), truth.shape[1], det, det), np.uint16)
     for i, row in enumerate(row_range):
-        scene.render_row(row, out[i])
+        scene.render_row(row, out[i], noise_seed)
     return out
 
 
@@ -521,7 +525,8 @@ def _resolve(scan_shape, detector, seed, truth, params) -> tuple[np.ndarray, Sim
 
 
 def simulate_scan(scan_shape: tuple[int, int] = (34, 206), detector: int = 128, seed: int = 0,
-                  truth: np.ndarray | None = None, **params) -> tuple[np.ndarray, np.ndarray]:
+                  truth: np.ndarray | None = None, noise_seed: int | None = None,
+                  **params) -> tuple[np.ndarray, np.ndarray]:
     """Simulate a whole scan in memory: (data uint16 (rows, cols, det, det), truth (rows, cols) str).
 
     ``params`` are :class:`SimulationParams` fields. Without ``truth`` a domain map is drawn
@@ -529,14 +534,15 @@ def simulate_scan(scan_shape: tuple[int, int] = (34, 206), detector: int = 128, 
     sets the scan shape.
     """
     truth, sim = _resolve(scan_shape, detector, seed, truth, params)
-    data = simulate_patterns(truth, range(truth.shape[0]), sim, seed)
+    data = simulate_patterns(truth, range(truth.shape[0]), sim, seed, noise_seed)
     return data, truth
 
 
 def write_simulated_scan(path: str | os.PathLike, scan_shape: tuple[int, int] = (34, 206), detector: int = 128,
                          seed: int = 0, truth: np.ndarray | None = None, fmt: str | None = None,
                          chunks: tuple[int, ...] | None = None,
-                         progress: Callable[[int, int], None] | None = None, **params) -> np.ndarray:
+                         progress: Callable[[int, int], None] | None = None, noise_seed: int | None = None,
+                         **params) -> np.ndarray:
     """Stream a simulated scan to ``path`` (.npy or .h5/.hdf5) row by row; return the truth map.
 
     Memory stays bounded (one pattern row plus a few cached templates). The file is written
@@ -564,7 +570,7 @@ def write_simulated_scan(path: str | os.PathLike, scan_shape: tuple[int, int] = 
             mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint16, shape=shape)
             try:
                 for row in range(n_rows):
-                    scene.render_row(row, mm[row])
+                    scene.render_row(row, mm[row], noise_seed)
                     if progress is not None:
                         progress(row + 1, n_rows)
                 mm.flush()
@@ -580,11 +586,42 @@ def write_simulated_scan(path: str | os.PathLike, scan_shape: tuple[int, int] = 
                 ds.attrs["simulation_params"] = json.dumps(dataclasses.asdict(sim))
                 ds.attrs["axes"] = "scan_row, scan_col, detector_y, detector_x"
                 for row in range(n_rows):
-                    scene.render_row(row, row_buf)
+                    scene.render_row(row, row_buf, noise_seed)
                     ds[row] = row_buf
                     if progress is not None:
                         progress(row + 1, n_rows)
     return truth
+
+
+def moving_domain_maps(scan_shape: tuple[int, int] = (34, 206), n_steps: int = 5, wall_shift: int = 2,
+                       seed: int = 0, wall_width: float = 3.0, stripe_period: int | None = None) -> np.ndarray:
+    """(T, rows, cols) domain maps of an in-situ series whose walls move ``wall_shift`` columns per step.
+
+    By default one random map (:func:`domain_map`) wider than the scan is seen through a
+    window that slides ``wall_shift`` columns per step, so every wall moves rigidly; its
+    displacement along its own normal is ``wall_shift`` times the cosine of its angle to
+    the rows. With ``stripe_period`` the domains are vertical stripes (each half a period
+    wide, 'horizontal' then 'vertical', walls ``wall_width`` wide between them), whose walls
+    move exactly ``wall_shift`` positions along their normal per step.
+    """
+    rows, cols = (int(v) for v in scan_shape)
+    n_steps, wall_shift = int(n_steps), int(wall_shift)
+    if n_steps < 1 or wall_shift < 0:
+        raise GhostmapError("a moving series needs n_steps >= 1 and wall_shift >= 0")
+    if stripe_period is None:
+        wide = domain_map((rows, cols + wall_shift * (n_steps - 1)), seed=seed, wall_width=wall_width)
+        return np.stack([wide[:, t * wall_shift : t * wall_shift + cols] for t in range(n_steps)])
+    period = int(stripe_period)
+    if period < 2 * (wall_width + 1):
+        raise GhostmapError(f"stripe_period {period} is too short for walls {wall_width} wide")
+    maps = []
+    for t in range(n_steps):
+        x = (np.arange(cols) - t * wall_shift) % period  # walls at x = 0 and period/2
+        distance = np.minimum.reduce([np.abs(x - 0.0), np.abs(x - period / 2), np.abs(x - period)])
+        row = np.where(x < period / 2, "horizontal", "vertical").astype("<U10")
+        row[distance < wall_width / 2] = "none"
+        maps.append(np.broadcast_to(row, (rows, cols)).copy())
+    return np.stack(maps)
 
 
 def write_truth_csv(path: str | os.PathLike, truth: np.ndarray) -> None:
