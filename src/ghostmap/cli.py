@@ -288,20 +288,22 @@ class _predictor:
     def __init__(self, executor, scheduler, workers, batch_size, device):
         self.executor, self.scheduler, self.workers = executor, scheduler, workers
         self.batch_size, self.device = batch_size, device
-        self.client = self.cluster = None
+        self.client, self._context = None, None
 
     def __enter__(self):
         if self.executor == "dask":
-            from .cluster import connect
+            from .cluster import cluster_client
 
-            self.client, self.cluster = connect(self.scheduler, self.workers)
+            self._context = cluster_client(self.scheduler, self.workers)
+            self.client = self._context.__enter__()
+            info = self.client.scheduler_info()
+            console.print(f"Dask cluster at {info.get('address', self.scheduler)}: "
+                          f"{len(info.get('workers', {}))} workers", highlight=False)
         return self.predict
 
     def __exit__(self, *exc):
-        if self.client is not None:
-            self.client.close()
-        if self.cluster is not None:
-            self.cluster.close()
+        if self._context is not None:
+            self._context.__exit__(*exc)
 
     def predict(self, step, scan, model, description):
         from .prediction import predict as predict_scan

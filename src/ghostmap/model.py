@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, load_file, save, save_file
 from torch import nn
 
 from .errors import GhostmapError
@@ -36,6 +36,7 @@ WEIGHTS_FILE = "model.safetensors"
 META_FILE = "model.json"
 FORMAT = "ghostmap-model"
 REFERENCE_KEY = "preprocessing.reference"
+BYTES_MAGIC = b"ghostmap-model\0"  # the start of Model.to_bytes()
 
 
 def _conv(cin: int, cout: int, norm: bool = False) -> list[nn.Module]:
@@ -132,12 +133,16 @@ class Model:
             shutil.rmtree(staging, ignore_errors=True)
         return directory
 
-    def _write(self, directory: Path) -> None:
+    def _state(self) -> dict[str, torch.Tensor]:
+        """What goes into the safetensors file: the network's weights and the reference pattern."""
         state = {k: v.detach().cpu().contiguous() for k, v in self.network.state_dict().items()}
         if self.preprocessing.reference is not None:
             state[REFERENCE_KEY] = torch.as_tensor(self.preprocessing.reference, dtype=torch.float32).contiguous()
-        save_file(state, str(directory / WEIGHTS_FILE))
-        meta = {
+        return state
+
+    def _description(self, weights_sha256: str) -> dict:
+        """What goes into ``model.json``."""
+        return {
             "format": FORMAT,
             "version": 1,
             "classes": list(self.classes),
@@ -146,8 +151,12 @@ class Model:
             "detector_shape": list(self.detector_shape),
             "preprocessing": self.preprocessing.to_dict(),
             "metrics": self.metrics,
-            "weights_sha256": _sha256(directory / WEIGHTS_FILE),
+            "weights_sha256": weights_sha256,
         }
+
+    def _write(self, directory: Path) -> None:
+        save_file(self._state(), str(directory / WEIGHTS_FILE))
+        meta = self._description(_sha256(directory / WEIGHTS_FILE))
         (directory / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         os.chmod(directory, 0o777 & ~_umask())
         for name in (WEIGHTS_FILE, META_FILE):
@@ -171,19 +180,53 @@ class Model:
             raise GhostmapError(f"{meta_path} is not a ghostmap model description")
         if meta.get("weights_sha256") and meta["weights_sha256"] != _sha256(weights_path):
             raise GhostmapError(f"{weights_path} does not belong to {meta_path} (checksum differs); retrain or restore both")
+        return cls._build(meta, lambda: load_file(str(weights_path)), str(directory))
+
+    def to_bytes(self) -> bytes:
+        """The model as one bytes object, to send to other processes or machines (never a pickle).
+
+        The same two parts as a model folder: the ``model.json`` description (with the
+        weights' SHA-256) and the safetensors weights, behind a header and the JSON's length.
+        """
+        weights = save(self._state())
+        meta = json.dumps(self._description(hashlib.sha256(weights).hexdigest())).encode("utf-8")
+        return BYTES_MAGIC + len(meta).to_bytes(8, "little") + meta + weights
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "Model":
+        """A model from :meth:`to_bytes`, checked as :meth:`load` checks a folder."""
+        data = bytes(data)
+        head = len(BYTES_MAGIC) + 8
+        if not data.startswith(BYTES_MAGIC) or len(data) < head:
+            raise GhostmapError("the bytes given are not a ghostmap model")
+        size = int.from_bytes(data[len(BYTES_MAGIC) : head], "little")
+        try:
+            meta = json.loads(data[head : head + size].decode("utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise GhostmapError(f"the model bytes hold no valid description: {exc}") from None
+        weights = data[head + size :]
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            raise GhostmapError("the model bytes hold no ghostmap model description")
+        if meta.get("weights_sha256") != hashlib.sha256(weights).hexdigest():
+            raise GhostmapError("the model bytes are damaged: the weights' checksum differs from the description's")
+        return cls._build(meta, lambda: load(weights), "the model bytes")
+
+    @classmethod
+    def _build(cls, meta: dict, read_weights, where: str) -> "Model":
+        """A model from its JSON description and a function returning its safetensors state."""
         try:
             classes = tuple(str(c) for c in meta["classes"])
             prep = Preprocessing.from_dict(meta["preprocessing"])
             detector_shape = tuple(int(v) for v in meta["detector_shape"])
             network = build_network(meta["arch"], len(classes), prep.output_shape(detector_shape))
-            state = load_file(str(weights_path))
+            state = read_weights()
             reference = state.pop(REFERENCE_KEY, None)
             if prep.subtract_mean and reference is None:
                 raise ValueError("the reference pattern is missing")
             prep.reference = reference.numpy() if reference is not None else None
             network.load_state_dict(state)
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-            raise GhostmapError(f"{directory} holds a damaged model: {str(exc).splitlines()[0]}") from None
+            raise GhostmapError(f"{where} holds a damaged model: {str(exc).splitlines()[0]}") from None
         network.eval()
         return cls(network, classes, meta["arch"], prep, detector_shape, meta.get("metrics", {}))
 
