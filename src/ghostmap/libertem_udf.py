@@ -57,7 +57,6 @@ module: ``pip install 'ghostmap[libertem]'``.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import threading
 from collections import OrderedDict
@@ -74,7 +73,7 @@ try:
 except ImportError:
     raise GhostmapError("ghostmap's LiberTEM support needs LiberTEM: pip install 'ghostmap[libertem]'") from None
 
-from .model import FORMAT, REFERENCE_KEY, Model, build_network
+from .model import Model
 from .prediction import Prediction, classify, default_batch_size, prepare_network, reuse_freed_memory
 from .preprocessing import Preprocessing
 from .reading import bright_field_mask
@@ -85,60 +84,6 @@ __all__ = ["GhostmapUDF", "apply_with_libertem", "bright_field_index"]
 _REDUCE_PIXELS = 1 << 22  # raw pixels per reduce batch on a worker (4 Mpx: 16 frames of 512 x 512)
 _FINISH_BYTES = 64 << 20  # float32 network inputs per finish-and-classify chunk
 _BOUNDARY_BYTES = 256 << 20  # reduced patterns per block of scan rows pooled on the main node
-
-
-# --- the model, sent to workers as safetensors bytes and the JSON description -------------------
-def _model_payload(model: Model) -> tuple[bytes, str]:
-    """(weights, description): what :meth:`Model.save` writes, as bytes and a string, never a pickle."""
-    from safetensors.torch import save
-
-    state = {k: v.detach().cpu().contiguous() for k, v in model.network.state_dict().items()}
-    if model.preprocessing.reference is not None:
-        state[REFERENCE_KEY] = torch.as_tensor(model.preprocessing.reference, dtype=torch.float32).contiguous()
-    weights = save(state)
-    meta = {
-        "format": FORMAT,
-        "version": 1,
-        "classes": list(model.classes),
-        "arch": model.arch,
-        "input_shape": list(model.input_shape),
-        "detector_shape": list(model.detector_shape),
-        "preprocessing": model.preprocessing.to_dict(),
-        "weights_sha256": hashlib.sha256(weights).hexdigest(),
-    }
-    return weights, json.dumps(meta)
-
-
-def _describe(meta_text: str) -> dict:
-    try:
-        meta = json.loads(meta_text)
-    except (TypeError, ValueError):
-        meta = None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise GhostmapError("GhostmapUDF was given a model description that is not ghostmap's")
-    return meta
-
-
-def _model_from_payload(weights: bytes, meta_text: str) -> Model:
-    from safetensors.torch import load
-
-    meta = _describe(meta_text)
-    try:
-        if meta.get("weights_sha256") != hashlib.sha256(weights).hexdigest():
-            raise ValueError("the weights do not belong to the description (checksum differs)")
-        classes = tuple(str(c) for c in meta["classes"])
-        prep = Preprocessing.from_dict(meta["preprocessing"])
-        detector_shape = tuple(int(v) for v in meta["detector_shape"])
-        network = build_network(meta["arch"], len(classes), prep.output_shape(detector_shape))
-        state = load(bytes(weights))
-        reference = state.pop(REFERENCE_KEY, None)
-        if prep.subtract_mean and reference is None:
-            raise ValueError("the reference pattern is missing")
-        prep.reference = reference.numpy() if reference is not None else None
-        network.load_state_dict(state)
-    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        raise GhostmapError(f"the model given to GhostmapUDF is damaged: {str(exc).splitlines()[0]}") from None
-    return Model(network.eval(), classes, meta["arch"], prep, detector_shape, {})
 
 
 @dataclass
@@ -153,13 +98,13 @@ _RUNTIMES: OrderedDict = OrderedDict()  # per process: a worker loads a model on
 _RUNTIMES_LOCK = threading.Lock()
 
 
-def _runtime(weights: bytes, meta_text: str, device: str, batch_size: int | None) -> _Runtime:
-    key = (meta_text, len(weights), device, batch_size)
+def _runtime(model_bytes: bytes, device: str, batch_size: int | None) -> _Runtime:
+    key = (hashlib.sha256(model_bytes).hexdigest(), device, batch_size)
     with _RUNTIMES_LOCK:
         if key in _RUNTIMES:
             _RUNTIMES.move_to_end(key)
             return _RUNTIMES[key]
-        model = _model_from_payload(weights, meta_text)
+        model = Model.from_bytes(model_bytes)
         dev = pick_device(device)
         rt = _Runtime(model, prepare_network(model, dev), dev, batch_size or default_batch_size(model.input_shape))
         _RUNTIMES[key] = rt
@@ -293,8 +238,9 @@ class GhostmapUDF(UDF):
     Parameters
     ----------
     model
-        A :class:`ghostmap.model.Model` or a model folder. Workers receive its weights as
-        safetensors bytes and its JSON description, never a pickle or a path.
+        A :class:`ghostmap.model.Model` or a model folder. Workers receive it as
+        :meth:`ghostmap.model.Model.to_bytes` (JSON description and safetensors weights), never
+        a pickle or a path.
     bright_field
         A detector-shaped boolean mask or flat pixel indices of the bright-field disk, to sum a
         virtual bright-field image (``bright_field`` buffer); None (default) for none.
@@ -311,14 +257,14 @@ class GhostmapUDF(UDF):
     def __init__(self, model=None, *, bright_field=None, batch_size: int | None = None, device: str = "cpu",
                  **kwargs):
         # LiberTEM re-creates the UDF from its keyword arguments on every worker: those carry
-        # model_weights / model_meta / bf_index, and model is None there.
+        # model_bytes / bf_index, and model is None there.
         if model is not None:
             if not isinstance(model, Model):
                 model = Model.load(model)
-            kwargs["model_weights"], kwargs["model_meta"] = _model_payload(model)
-        elif "model_weights" not in kwargs or "model_meta" not in kwargs:
+            kwargs["model_bytes"] = model.to_bytes()
+        elif "model_bytes" not in kwargs:
             raise GhostmapError("GhostmapUDF needs a model: a ghostmap Model or a model folder")
-        meta = _describe(kwargs["model_meta"])
+        meta = Model.describe_bytes(kwargs["model_bytes"])
         if bright_field is not None:
             kwargs["bf_index"] = _bf_indices(bright_field, tuple(meta["detector_shape"]))
         try:
@@ -327,8 +273,7 @@ class GhostmapUDF(UDF):
             raise GhostmapError(f"unknown device '{device}'") from None
         if batch_size is not None and int(batch_size) < 1:
             raise GhostmapError(f"batch_size must be at least 1, got {batch_size}")
-        super().__init__(model_weights=kwargs.pop("model_weights"), model_meta=kwargs.pop("model_meta"),
-                         bf_index=kwargs.pop("bf_index", None), batch_size=batch_size, device=str(device), **kwargs)
+        super().__init__(model_bytes=kwargs.pop("model_bytes"), bf_index=kwargs.pop("bf_index", None), batch_size=batch_size, device=str(device), **kwargs)
         self._description = meta
 
     @property
@@ -344,7 +289,7 @@ class GhostmapUDF(UDF):
         return int(self._description["preprocessing"]["pool"])
 
     def _runtime(self) -> _Runtime:
-        return _runtime(self.params.model_weights, self.params.model_meta, self.params.device, self.params.batch_size)
+        return _runtime(self.params.model_bytes, self.params.device, self.params.batch_size)
 
     # --- LiberTEM's interface ---------------------------------------------------------------------
     def get_preferred_input_dtype(self):

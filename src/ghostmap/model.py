@@ -192,9 +192,9 @@ class Model:
         meta = json.dumps(self._description(hashlib.sha256(weights).hexdigest())).encode("utf-8")
         return BYTES_MAGIC + len(meta).to_bytes(8, "little") + meta + weights
 
-    @classmethod
-    def from_bytes(cls, data: bytes) -> "Model":
-        """A model from :meth:`to_bytes`, checked as :meth:`load` checks a folder."""
+    @staticmethod
+    def describe_bytes(data: bytes) -> dict:
+        """The ``model.json`` description inside :meth:`to_bytes`' output, without building the network."""
         data = bytes(data)
         head = len(BYTES_MAGIC) + 8
         if not data.startswith(BYTES_MAGIC) or len(data) < head:
@@ -204,9 +204,17 @@ class Model:
             meta = json.loads(data[head : head + size].decode("utf-8"))
         except (ValueError, UnicodeDecodeError) as exc:
             raise GhostmapError(f"the model bytes hold no valid description: {exc}") from None
-        weights = data[head + size :]
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             raise GhostmapError("the model bytes hold no ghostmap model description")
+        meta["_weights_offset"] = head + size
+        return meta
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "Model":
+        """A model from :meth:`to_bytes`, checked as :meth:`load` checks a folder."""
+        data = bytes(data)
+        meta = cls.describe_bytes(data)
+        weights = data[meta.pop("_weights_offset") :]
         if meta.get("weights_sha256") != hashlib.sha256(weights).hexdigest():
             raise GhostmapError("the model bytes are damaged: the weights' checksum differs from the description's")
         return cls._build(meta, lambda: load(weights), "the model bytes")
