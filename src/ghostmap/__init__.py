@@ -28,10 +28,12 @@ _WHERE = {
     "domain_rgb": "outputs", "load_prediction": "outputs", "save_prediction": "outputs",
     "Prediction": "prediction", "predict": "prediction",
     "Preprocessing": "preprocessing", "fit_preprocessing": "preprocessing",
-    "Scan": "reading", "as_scan": "reading", "open_scan": "reading",
+    "Scan": "reading", "as_scan": "reading", "open_scan": "reading", "open_time_series": "reading",
+    "load_series": "series", "predict_series": "series", "series_steps": "series", "wall_shift": "series",
     "propose": "sampling",
-    "simulate_scan": "simulate", "write_simulated_scan": "simulate",
+    "moving_domain_maps": "simulate", "simulate_scan": "simulate", "write_simulated_scan": "simulate",
     "TrainingOptions": "training", "train": "training",
+    "watch_folder": "watch", "WatchOptions": "watch",
 }
 
 __all__ = sorted(_WHERE)
