@@ -200,7 +200,7 @@ def section(r: dict, command: str) -> str:
     raw = r["raw_bytes_pattern"]
     result_pp = r["result_bytes_task"] / r["task_patterns"]
     read_per_thread = per_thread * raw * amp  # bytes/s one busy worker thread reads
-    task_sizes = sorted({b - a for a, b, _ in r["tasks"]}, reverse=True)
+    task_sizes = [b - a for a, b, _ in sorted(r["tasks"])]
     ceilings = [(label, bw, bw / (raw * amp)) for label, bw in
                 (("10 Gb/s link (one NFS server, or one node's NIC)", 1.25e9), ("parallel filesystem, 10 GB/s", 10e9))]
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -230,7 +230,7 @@ def section(r: dict, command: str) -> str:
         f"cluster {r['cluster_first_s']:.1f} s. The cluster's labels equal the local ones: "
         f"**{'yes' if r['same_labels'] else 'NO'}** (largest probability difference {r['max_prob_diff']:.1e}).",
         "",
-        f"Tasks: {r['n_tasks']} of {', '.join(map(str, task_sizes))} scan rows (ghostmap's default: about two per "
+        f"Tasks: {r['n_tasks']}, of {' + '.join(map(str, task_sizes))} scan rows (ghostmap's default: about two per "
         f"worker thread, at least {8 * (r['pool'] // 2) or 1} rows so pooling's halo rows stay under a quarter, at most "
         f"1 GiB of raw data). With the halo each task reads, {r['rows_read']} rows are read for {rows}: "
         f"{100 * (amp - 1):.0f}% more than one local pass. The task stream shows {busy:.1f} s of compute in all: "
