@@ -378,7 +378,7 @@ def markdown(args, info, truth, test, walls, runs, baselines, figures, elapsed, 
             L.append(f"| {names[method]} | {100 * sc['test']:.1f}% | {100 * sc['all']:.1f}% | {100 * sc['wall']:.1f}% "
                      f"| {100 * sc['domain']:.1f}% | {float(b['seconds']):.0f} |")
     L += ["", f"![domain maps of seed 0, like the paper's Figure 6]({rel(figures['maps'])})", "",
-          f"*Domain maps of seed 0 for every budget and strategy (like the paper's Figure 6), with the truth and the "
+          "*Domain maps of seed 0 for every budget and strategy (like the paper's Figure 6), with the truth and the "
           "virtual dark-field baseline.*", "",
           f"![positions chosen by adaptive sampling, like the paper's Figure 7]({rel(figures['sampling'])})", "",
           "*The positions adaptive sampling chose (seed 0; like the paper's Figure 7), over the truth (pale); "

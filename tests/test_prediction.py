@@ -1,6 +1,8 @@
 import json
+import shutil
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -8,9 +10,10 @@ import torch
 
 from ghostmap.model import Model, build_network
 from ghostmap.outputs import domain_rgb, load_prediction, save_prediction
-from ghostmap.prediction import predict
+from ghostmap.errors import GhostmapError
+from ghostmap.prediction import activation_bytes, default_batch_size, iter_predictions, predict, prepare_network
 from ghostmap.preprocessing import Preprocessing, preprocess_positions
-from ghostmap.reading import as_scan, open_scan
+from ghostmap.reading import as_scan
 
 CLASSES = ("none", "vertical", "horizontal")
 
@@ -98,7 +101,8 @@ def test_memory_stays_bounded_on_a_memory_mapped_scan(tmp_path):
 import resource, json, numpy as np
 from ghostmap.reading import open_scan
 from ghostmap.model import Model
-from ghostmap.prediction import predict
+from ghostmap.errors import GhostmapError
+from ghostmap.prediction import activation_bytes, default_batch_size, iter_predictions, predict, prepare_network
 model = Model.load({str(tmp_path / 'model')!r})
 scan = open_scan({str(path)!r})
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -110,3 +114,85 @@ print(json.dumps({{"before_mb": before / 1024, "after_mb": after / 1024, "n": in
     report = json.loads(out.stdout.strip().splitlines()[-1])
     assert report["n"] == 6400
     assert report["after_mb"] - report["before_mb"] < 150, report  # the file is 400 MB
+
+
+def assert_same_prediction(other, reference, rtol=1e-4, atol=1e-5):
+    np.testing.assert_array_equal(other.labels, reference.labels)
+    np.testing.assert_allclose(other.probabilities, reference.probabilities, rtol=rtol, atol=atol)
+    np.testing.assert_array_equal(other.bright_field, reference.bright_field)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch's own, while inductor compiles
+def test_compiled_path_gives_the_plain_predictions(scan):
+    """torch.compile (inductor), in blocks of 3 rows and batches of 16: a full and a partial batch shape."""
+    if not (shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")):
+        pytest.skip("inductor needs a C++ compiler")
+    model = random_model(pool=3)
+    plain = predict(scan, model, rows_per_block=3, batch_size=16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # a fallback to the plain network would hide the compiled path
+        compiled = predict(scan, model, rows_per_block=3, batch_size=16, compile="inductor")
+    assert_same_prediction(compiled, plain)
+
+
+def test_bf16_path_stays_close_to_the_plain_predictions(scan):
+    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        pytest.skip("this CPU has no native bfloat16 arithmetic")
+    model = random_model(pool=3)
+    with torch.no_grad():  # spread the logits, so that most positions have a clear winner
+        model.network.head[-1].weight.mul_(50)
+    plain = predict(scan, model, batch_size=16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        bf16 = predict(scan, model, batch_size=16, compile="bf16")
+    np.testing.assert_allclose(bf16.probabilities, plain.probabilities, atol=0.03)
+    top2 = np.sort(plain.probabilities, axis=-1)[..., -2:]
+    clear = top2[..., 1] - top2[..., 0] > 0.06  # bf16 may flip only a near tie
+    assert clear.any()
+    np.testing.assert_array_equal(bf16.labels[clear], plain.labels[clear])
+
+
+def test_a_compile_mode_that_fails_falls_back_to_the_plain_network(scan, monkeypatch):
+    model = random_model(pool=3)
+    plain = predict(scan, model, rows_per_block=4)
+
+    def broken_compile(network, **kwargs):
+        def run(x):
+            raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    with pytest.warns(RuntimeWarning, match="compile='inductor' is not available.*C\\+\\+ compiler"):
+        fallback = predict(scan, model, rows_per_block=4, compile="inductor")
+    assert_same_prediction(fallback, plain, rtol=0, atol=0)
+    with pytest.raises(GhostmapError, match="unknown compile mode"):
+        prepare_network(model, torch.device("cpu"), compile="tensorrt")
+
+
+def test_batches_are_sized_by_every_layers_activations():
+    compact = build_network("compact", 3, (128, 128))
+    paper = build_network("paper", 3, (256, 256))
+    assert activation_bytes(compact, (128, 128)) == 2 * 8 * 128 * 128 * 4  # first batch norm: in + out
+    assert activation_bytes(paper, (256, 256)) == (16 * 256 * 256 + 16 * 128 * 128) * 4  # first max-pool
+    assert default_batch_size((128, 128), network=compact) == 64
+    assert default_batch_size((256, 256), network=paper) == 12
+
+
+def test_a_large_batch_size_is_capped_on_the_cpu(scan, monkeypatch):
+    """The paper network's 206-pattern batches took GBs; on the CPU no batch passes the memory-derived size."""
+    import ghostmap.prediction as prediction
+
+    model = random_model()
+    seen = []
+    real = prediction.classify
+    monkeypatch.setattr(prediction, "classify", lambda net, x, batch, dev: seen.append(batch) or real(net, x, batch, dev))
+    monkeypatch.setattr(prediction, "CPU_ACTIVATION_BUDGET", 5 * activation_bytes(model.network, model.input_shape))
+
+    def batch_sizes(**kwargs):
+        seen.clear()
+        list(iter_predictions(scan, model, device="cpu", **kwargs))
+        return set(seen)
+
+    assert batch_sizes(batch_size=256) == {5}
+    assert batch_sizes(batch_size=3) == {3}
+    assert batch_sizes() == {5}

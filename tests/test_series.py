@@ -225,3 +225,9 @@ def test_cli_series_with_a_mismatched_scan_is_one_line(series, tmp_path):
     run = ghostmap("predict", series["paths"][0], odd, "--model", series["model_dir"], "--out", tmp_path / "o")
     assert run.returncode == 1
     assert run.stderr.strip().count("\n") == 0 and "odd.npy" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_cli_predict_refuses_an_unknown_compile_mode(series, tmp_path):
+    run = ghostmap("predict", series["paths"][0], "--model", series["model_dir"], "--out", tmp_path / "o",
+                   "--compile", "fast")
+    assert run.returncode == 2 and "--compile" in run.stderr and not (tmp_path / "o").exists()

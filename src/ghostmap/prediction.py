@@ -8,12 +8,16 @@ virtual bright-field image is summed on the way, for the summary figure.
 
 from __future__ import annotations
 
+import threading
+import warnings
+import weakref
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import numpy as np
 import torch
 
+from .errors import GhostmapError
 from .model import Model
 from .preprocessing import stream_rows
 from .reading import as_scan, bright_field_mask
@@ -58,10 +62,76 @@ def reuse_freed_memory(mmap_threshold: int = 256 * 2**20, trim_threshold: int = 
         return False
 
 
-def default_batch_size(input_shape: tuple[int, int], budget_bytes: int = 64 * 2**20) -> int:
-    """Patterns per forward pass so the first layer's activations stay near ``budget_bytes``."""
+def activation_bytes(network: torch.nn.Module, input_shape: tuple[int, int]) -> int:
+    """Bytes of activations one pattern needs at the widest step of ``network``'s forward pass.
+
+    Measured with hooks on a one-pattern forward pass: the largest input plus output of any
+    layer (counted once where a layer works in place). The paper network at 256 x 256 needs
+    5 MB a pattern (its first max-pool: 16 x 256 x 256 floats in, a quarter of that out), the
+    compact network at 128 x 128 1 MB (its first batch norm).
+    """
+    sizes = []
+    me = threading.get_ident()
+
+    def hook(module, inputs, output):
+        if not torch.is_tensor(output) or threading.get_ident() != me:  # another thread's pass
+            return
+        ins = [t for t in inputs if torch.is_tensor(t)]
+        shared = any(t.data_ptr() == output.data_ptr() for t in ins)
+        sizes.append(sum(t.numel() * t.element_size() for t in ins) * (not shared) + output.numel() * output.element_size())
+
+    leaves = [m for m in network.modules() if not any(True for _ in m.children())]
+    handles = [m.register_forward_hook(hook) for m in leaves]
+    try:
+        param = next(network.parameters(), None)
+        x = torch.zeros(1, 1, *input_shape, device=param.device if param is not None else "cpu")
+        with torch.inference_mode():
+            network(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return max(sizes, default=4 * input_shape[0] * input_shape[1])
+
+
+# On the CPU no batch's activations pass this, whatever batch size is asked for. Measured end to
+# end on the paper-size scan (BENCHMARKS.md): the compact network ran as fast with 16 MB (16
+# patterns) as with 64 MB (64), and batches of 206 took 1.9 x as long network-only; the paper
+# network ran 1.2-1.3 x faster with 64 MB (12 patterns) than with 16-24 MB (its 32 MB dense layer
+# is read once a batch) and no faster with 128 MB, which took 1.6 GB of memory.
+CPU_ACTIVATION_BUDGET = 64 * 2**20
+
+
+def default_batch_size(input_shape: tuple[int, int], budget_bytes: int = CPU_ACTIVATION_BUDGET,
+                       network: torch.nn.Module | None = None) -> int:
+    """Patterns per forward pass so that one batch's activations stay near ``budget_bytes``.
+
+    With ``network``, its widest step is measured (:func:`activation_bytes`); without, a first
+    layer of 16 channels is assumed.
+    """
+    if network is not None:
+        return int(min(512, max(1, budget_bytes // activation_bytes(network, input_shape))))
     per_pattern = 16 * input_shape[0] * input_shape[1] * 4
     return int(min(512, max(8, budget_bytes // per_pattern)))
+
+
+_measured: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # network -> {input shape: bytes}
+_measuring = threading.Lock()
+
+
+def _batch_size(requested: int | None, model: Model, device: torch.device) -> int:
+    """``requested``, but on the CPU never more than fits ``CPU_ACTIVATION_BUDGET``; by default that.
+
+    A network's activations are measured once (under a lock: threads of a cluster worker share
+    the model), so later row ranges put no hooks on a network another thread is running."""
+    with _measuring:
+        per_network = _measured.setdefault(model.network, {})
+        if model.input_shape not in per_network:
+            per_network[model.input_shape] = activation_bytes(model.network, model.input_shape)
+        per_pattern = per_network[model.input_shape]
+    fit = int(min(512, max(1, CPU_ACTIVATION_BUDGET // per_pattern)))
+    if device.type != "cpu":  # activations live in GPU memory there
+        return requested or fit
+    return min(requested, fit) if requested else fit
 
 
 def bright_field_index(scan) -> np.ndarray:
@@ -73,10 +143,82 @@ def bright_field_index(scan) -> np.ndarray:
     return np.flatnonzero(bright_field_mask(mean))
 
 
-def prepare_network(model: Model, device: torch.device) -> torch.nn.Module:
-    """The model's network on ``device`` in eval mode, laid out for fast inference."""
+COMPILE_MODES = ("none", "inductor", "bf16")
+
+
+def prepare_network(model: Model, device: torch.device, compile: str | None = None) -> torch.nn.Module:
+    """The model's network on ``device`` in eval mode, laid out for fast inference.
+
+    ``compile`` picks how it runs (see BENCHMARKS.md for the measurements):
+
+    * ``None`` or ``"none"`` (the default): eager PyTorch, channels-last;
+    * ``"inductor"``: ``torch.compile`` (needs a C++ compiler on the CPU); its first call
+      compiles for seconds (tens of seconds with a cold cache), so it pays only on large scans;
+    * ``"bf16"``: eager under bfloat16 autocast, only where the CPU (or GPU) computes bf16
+      natively; probabilities move by up to ~1e-2, so a borderline position can change class.
+
+    A mode that cannot be set up or fails when used falls back, with a warning, to the plain
+    network. torch keeps what it compiled for a network, so calling this again for the same
+    network (:func:`iter_predictions` over many row ranges, say) compiles nothing new.
+    """
+    mode = (compile or "none").lower()
+    if mode not in COMPILE_MODES:
+        raise GhostmapError(f"unknown compile mode '{compile}'; choose one of {', '.join(COMPILE_MODES)}")
     # channels-last measured 2x faster than contiguous on the CPU for the compact network
-    return model.network.to(device).eval().to(memory_format=torch.channels_last)
+    plain = model.network.to(device).eval().to(memory_format=torch.channels_last)
+    if mode == "none":
+        return plain
+    try:
+        fast = _build(mode, plain, device)
+    except Exception as exc:  # noqa: BLE001 - any failure to set up means: run the plain network
+        _fallback_warning(mode, exc)
+        return plain
+    return _Guarded(fast, plain, mode)
+
+
+def _build(mode: str, network: torch.nn.Module, device: torch.device):
+    if mode == "inductor":
+        return torch.compile(network, dynamic=False)
+    if mode == "bf16":
+        supported = (torch.cuda.is_bf16_supported() if device.type == "cuda"
+                     else device.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()))
+        if not supported:
+            raise RuntimeError(f"{device} has no native bfloat16 arithmetic; it would be slower, not faster")
+        return _Autocast(network, device.type)
+    raise AssertionError(mode)
+
+
+class _Autocast(torch.nn.Module):
+    def __init__(self, network: torch.nn.Module, device_type: str):
+        super().__init__()
+        self.network, self.device_type = network, device_type
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(self.device_type, dtype=torch.bfloat16):
+            return self.network(x).float()
+
+
+class _Guarded(torch.nn.Module):
+    """Run the fast network; the first time it fails, warn and run the plain one from then on."""
+
+    def __init__(self, fast, plain: torch.nn.Module, mode: str):
+        super().__init__()
+        self.fast, self.plain, self.mode = fast, plain, mode
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fast is not None:
+            try:
+                return self.fast(x)
+            except Exception as exc:  # noqa: BLE001 - e.g. inductor finds no C++ compiler
+                _fallback_warning(self.mode, exc)
+                self.fast = None
+        return self.plain(x)
+
+
+def _fallback_warning(mode: str, exc: BaseException) -> None:
+    reason = (str(exc).strip().splitlines() or [""])[0][:300]
+    warnings.warn(f"compile={mode!r} is not available here ({type(exc).__name__}: {reason}); "
+                  "running the plain network instead", RuntimeWarning, stacklevel=3)
 
 
 def classify(network: torch.nn.Module, inputs: torch.Tensor, batch_size: int, device: torch.device) -> np.ndarray:
@@ -100,20 +242,28 @@ def iter_predictions(
     rows_per_block: int | None = None,
     prefetch: bool = True,
     bf_index: np.ndarray | None = None,
+    compile: str | None = None,
 ) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
     """Yield (row_start, row_stop, probabilities (rows, cols, C), bright field (rows, cols)) per block.
 
     Covers scan rows [start, stop); the rows pooling needs on either side are read too, so
     any split of a scan into row ranges gives exactly the predictions of one pass. This is
     the unit of work that :func:`predict`, a series and a Dask cluster all run.
+
+    ``batch_size``: the most patterns per forward pass. On the CPU batches are never larger
+    than keeps their activations within ``CPU_ACTIVATION_BUDGET`` (64 MB: 64 patterns of the
+    compact network at 128 x 128, 12 of the paper network at 256 x 256), whatever is asked:
+    larger batches measured no faster there, and the paper network's batches of 206 (the CLI's
+    ``--batch-size 256`` on a 206-column scan) took over 1 GB. On a GPU ``batch_size`` is used
+    as given (default: 64 MB of activations). ``compile``: see :func:`prepare_network`.
     """
     scan = as_scan(scan)
     model.check_scan(scan.detector_shape, scan.source)
     n_rows, n_cols = scan.scan_shape
     stop = n_rows if stop is None else stop
     dev = device if isinstance(device, torch.device) else pick_device(device)
-    network = prepare_network(model, dev)
-    batch_size = batch_size or default_batch_size(model.input_shape)
+    network = prepare_network(model, dev, compile=compile)
+    batch_size = _batch_size(batch_size, model, dev)
     if bf_index is None:
         bf_index = bright_field_index(scan)
     bright = {}
@@ -137,11 +287,13 @@ def predict(
     rows_per_block: int | None = None,
     prefetch: bool = True,
     progress: Callable[[int, int], None] | None = None,
+    compile: str | None = None,
 ) -> Prediction:
     """Class probabilities for every pattern of ``scan``.
 
     ``scan`` is anything :func:`ghostmap.reading.as_scan` takes; ``model`` a :class:`Model`
     or a model folder. ``progress(patterns_done, patterns_total)`` is called after every block.
+    ``batch_size`` and ``compile``: see :func:`iter_predictions`.
     """
     scan = as_scan(scan)
     if not isinstance(model, Model):
@@ -152,7 +304,7 @@ def predict(
     probabilities = np.zeros((n_rows, n_cols, len(model.classes)), np.float32)
     bright_field = np.zeros((n_rows, n_cols), np.float32)
     for r0, r1, probs, bright in iter_predictions(scan, model, batch_size=batch_size, device=device,
-                                                  rows_per_block=rows_per_block, prefetch=prefetch):
+                                                  rows_per_block=rows_per_block, prefetch=prefetch, compile=compile):
         probabilities[r0:r1], bright_field[r0:r1] = probs, bright
         if progress:
             progress(r1 * n_cols, n_rows * n_cols)
