@@ -196,3 +196,18 @@ def test_a_large_batch_size_is_capped_on_the_cpu(scan, monkeypatch):
     assert batch_sizes(batch_size=256) == {5}
     assert batch_sizes(batch_size=3) == {3}
     assert batch_sizes() == {5}
+
+
+def test_cuda_is_chosen_when_present_and_device_overrides(monkeypatch):
+    from ghostmap.errors import GhostmapError
+    from ghostmap.training import pick_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert pick_device(None).type == "cuda"
+    assert pick_device("cpu").type == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert pick_device(None).type == "cpu"
+    with pytest.raises(GhostmapError, match="no CUDA device"):
+        pick_device("cuda")
+    with pytest.raises(GhostmapError, match="unknown device"):
+        pick_device("tpu:7")
