@@ -235,9 +235,9 @@ def section(r: dict, command: str) -> str:
         f"1 GiB of raw data). With the halo each task reads, {r['rows_read']} rows are read for {rows}: "
         f"{100 * (amp - 1):.0f}% more than one local pass. The task stream shows {busy:.1f} s of compute in all: "
         f"**one busy worker thread classifies {fmt(per_thread)} patterns/s** and reads "
-        f"{read_per_thread / 1e6:.0f} MB/s to do so. That is wall clock with the other worker and other work on the "
-        f"same cores, so a lower bound: at the cluster's {1e3 * cluster_cpu / n:.2f} CPU ms a pattern, a worker with "
-        f"a core to itself would manage up to about {fmt(n / cluster_cpu)} patterns/s.",
+        f"{read_per_thread / 1e6:.0f} MB/s to do so, in wall clock with the other worker and other work on the "
+        f"same cores. The cluster's {1e3 * cluster_cpu / n:.2f} CPU ms a pattern (all processes' CPU time, "
+        f"scheduler included) gives about {fmt(n / cluster_cpu)} patterns/s for a worker with a core to itself.",
         "",
         "**What crosses the network** (workers read the scan from a shared filesystem themselves):",
         "",
@@ -276,7 +276,7 @@ def section(r: dict, command: str) -> str:
         "(2 x pool // 2 rows a task) at the cost of coarser load balancing. "
         f"On this machine the cluster ran at {local_s / cluster_s:.2f} x the local speed: both paths share the same "
         f"{os.cpu_count()} cores, so no speed-up is possible here. The cluster path spent {cluster_cpu / local_cpu:.2f} x "
-        f"the local CPU per pattern; {amp:.2f} x is the halo re-reading, and the results' serialization is "
+        f"the local CPU per pattern; the halo re-reading reads {amp:.2f} x the rows (though reading and binning are only part of the cost), and the results' serialization is "
         "negligible at these sizes.",
         "",
     ]
