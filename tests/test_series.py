@@ -231,3 +231,20 @@ def test_cli_predict_refuses_an_unknown_compile_mode(series, tmp_path):
     run = ghostmap("predict", series["paths"][0], "--model", series["model_dir"], "--out", tmp_path / "o",
                    "--compile", "fast")
     assert run.returncode == 2 and "--compile" in run.stderr and not (tmp_path / "o").exists()
+
+
+def test_long_series_redraw_figures_less_often_and_flush_at_the_end(series, tmp_path, monkeypatch):
+    import ghostmap.series as series_module
+
+    monkeypatch.setattr(series_module, "FIGURES_ALWAYS", 1)
+    monkeypatch.setattr(series_module, "FIGURES_EVERY_S", 3600.0)
+    writer = SeriesWriter(tmp_path / "long", series["model"])
+    results = [predict(series["scans"][t], series["model"]) for t in range(3)]
+    for t, result in enumerate(results):
+        writer.add({"source": f"scan_{t}", "size": 0, "mtime_ns": 0}, result)
+    assert load_series(tmp_path / "long")["labels"].shape[0] == 3  # the arrays are always current
+    with Image.open(tmp_path / "long" / "domain_maps.gif") as gif:
+        assert gif.n_frames == 1  # drawn once, at the first step
+    writer.flush()
+    with Image.open(tmp_path / "long" / "domain_maps.gif") as gif:
+        assert gif.n_frames == 3

@@ -30,6 +30,7 @@ import json
 import math
 import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -49,6 +50,8 @@ TABLE_FILE = "series.csv"
 FRACTIONS_FILE = "fractions.png"
 ANIMATION_FILE = "domain_maps.gif"
 WALL_CLASS = "none"
+FIGURES_ALWAYS = 50  # series up to this many steps redraw their figures after every step
+FIGURES_EVERY_S = 30.0  # longer ones at most this often, and at the end of a run
 _GLOB_CHARS = re.compile(r"[*?\[]")
 
 
@@ -227,6 +230,7 @@ class SeriesWriter:
         self.fingerprint = model_fingerprint(model)
         self.entries: list[dict] = []
         self.rejected: dict[str, dict] = {}
+        self._figures_at, self._figures_stale = float("-inf"), False
         self.results: list[Prediction] = []
         manifest = self.out_dir / MANIFEST_FILE
         if manifest.exists():
@@ -300,8 +304,16 @@ class SeriesWriter:
         """The series arrays, as written to ``series.npz``."""
         return series_arrays(self.results, self.classes, [e["source"] for e in self.entries])
 
-    def write_summary(self) -> dict[str, Path]:
-        """Rewrite series.npz, series.csv, fractions.png and domain_maps.gif, then the manifest."""
+    def write_summary(self, figures: bool | None = None) -> dict[str, Path]:
+        """Rewrite series.npz, series.csv, fractions.png and domain_maps.gif, then the manifest.
+
+        The figures take longer as the series grows, so past :data:`FIGURES_ALWAYS` steps
+        they are redrawn at most every :data:`FIGURES_EVERY_S` seconds unless ``figures`` is
+        True; :meth:`flush` brings them up to date at the end of a run.
+        """
+        now = time.monotonic()
+        if figures is None:
+            figures = len(self) <= FIGURES_ALWAYS or now - self._figures_at >= FIGURES_EVERY_S
         arrays = self.summary()
         paths = {name: self.out_dir / f for name, f in (("series", SERIES_FILE), ("table", TABLE_FILE),
                                                         ("fractions", FRACTIONS_FILE),
@@ -310,10 +322,18 @@ class SeriesWriter:
             with open(tmp, "wb") as f:
                 np.savez(f, **arrays)
         write_text(paths["table"], series_table(arrays))
-        save_fractions_figure(paths["fractions"], arrays)
-        save_animation(paths["animation"], self.results, arrays["sources"])
+        if figures:
+            save_fractions_figure(paths["fractions"], arrays)
+            save_animation(paths["animation"], self.results, arrays["sources"])
+            self._figures_at = now
+        self._figures_stale = not figures
         self._write_manifest()
         return paths
+
+    def flush(self) -> None:
+        """Redraw the figures if a step was added since they were last drawn."""
+        if self._figures_stale and len(self):
+            self.write_summary(figures=True)
 
 
 def series_arrays(results: list[Prediction], classes, sources) -> dict[str, np.ndarray]:
@@ -455,9 +475,10 @@ def predict_series(
             status = "done"
         if on_step:
             on_step(i, len(steps), step, status)
+    writer.flush()
     if len(writer) and not all((writer.out_dir / f).exists() for f in (SERIES_FILE, TABLE_FILE, FRACTIONS_FILE,
                                                                        ANIMATION_FILE)):
-        writer.write_summary()  # a resumed run whose summary files were removed
+        writer.write_summary(figures=True)  # a resumed run whose summary files were removed
     return writer
 
 

@@ -151,14 +151,19 @@ class Watcher:
     def run(self, sleep: Callable[[float], None] = time.sleep) -> SeriesWriter:
         """Poll until ``stop_after`` new steps or ``idle_exit`` seconds of quiet (forever by default)."""
         last_activity = self.clock()
-        while True:
-            if self.poll_once() or self.pending:
-                last_activity = self.clock()
-            if self.options.stop_after is not None and self.new_steps >= self.options.stop_after:
-                return self.writer
-            if self.options.idle_exit is not None and self.clock() - last_activity >= self.options.idle_exit:
-                return self.writer
-            sleep(self.options.poll)
+        try:
+            while True:
+                if self.poll_once() or self.pending:
+                    last_activity = self.clock()
+                if self.options.stop_after is not None and self.new_steps >= self.options.stop_after:
+                    return self.writer
+                if self.options.idle_exit is not None and self.clock() - last_activity >= self.options.idle_exit:
+                    return self.writer
+                if not self.pending:
+                    self.writer.flush()  # nothing in hand: bring the figures up to date
+                sleep(self.options.poll)
+        finally:
+            self.writer.flush()
 
 
 def watch_folder(folder: str | os.PathLike, model: Model | str | os.PathLike, out_dir: str | os.PathLike,
