@@ -50,6 +50,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from markdown_section import put_section
+
 ROOT = Path(__file__).resolve().parent.parent
 START, END = "<!-- benchmark:start -->", "<!-- benchmark:end -->"
 FORMATS = ("npy", "h5")
@@ -520,22 +522,6 @@ def markdown_section(args, info: dict, data: dict, tables: list[Table], notes: l
     return "\n".join(parts) + "\n"
 
 
-def update_markdown(path: Path, section: str) -> None:
-    """Replace the text between the markers in ``path`` (adding them, or the file, if absent)."""
-    from ghostmap.atomic import write_text
-
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n\n"
-    start, end = text.find(START), text.find(END)
-    if start != -1 and end > start:
-        text = text[:start] + section.rstrip("\n") + text[end + len(END):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    write_text(path, text if text.endswith("\n") else text + "\n")
-
-
-# ------------------------------------------------------------------------------ main
-
-
 def main(argv: list[str]) -> None:
     args = parse_args(argv)
     args.devices = pick_devices(args.device)
@@ -619,7 +605,7 @@ def main(argv: list[str]) -> None:
     tables = [throughput_table(rows, floor), training_table(models)]
     print_tables(tables)
     data = {"nbytes": nbytes, "n_labels": n_labels, "rounds": rounds}
-    update_markdown(args.write, markdown_section(args, info, data, tables, notes))
+    put_section(args.write, START, END, markdown_section(args, info, data, tables, notes))
     say(f"wrote {args.write}; the whole benchmark took {time.perf_counter() - began:.0f} s")
 
 

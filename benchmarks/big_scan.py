@@ -38,6 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
+from markdown_section import put_section
+
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "benchmarks" / "data"
 START, END = "<!-- bigscan:start -->", "<!-- bigscan:end -->"
@@ -189,21 +191,6 @@ def section(args, shape, nbytes, ram, make_seconds, result, same, total) -> str:
     return "\n".join(lines) + "\n"
 
 
-def update_markdown(path: Path, text: str) -> None:
-    from ghostmap.atomic import write_text
-
-    doc = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n\n"
-    start, end = doc.find(START), doc.find(END)
-    if start != -1 and end > start:
-        doc = doc[:start] + text.rstrip("\n") + doc[end + len(END):]
-    elif BEFORE in doc:
-        at = doc.index(BEFORE)
-        doc = doc[:at] + text + "\n" + doc[at:]
-    else:
-        doc = doc.rstrip("\n") + "\n\n" + text
-    write_text(path, doc)
-
-
 def main(argv):
     args = parse_args(argv)
     began = time.perf_counter()
@@ -227,7 +214,8 @@ def main(argv):
             f"peak RSS {result['peak_rss'] / 1e6:,.0f} MB")
         same, total = repeats_with_the_data(out, np.load(args.source, mmap_mode="r").shape[0])
         say(f"labels repeat with the data at {same:,} of {total:,} positions")
-        update_markdown(args.write, section(args, shape, nbytes, ram, make_seconds, result, same, total))
+        put_section(args.write, START, END, section(args, shape, nbytes, ram, make_seconds, result, same, total),
+                    before=BEFORE)
         say(f"wrote {args.write}")
         print(json.dumps({"shape": shape, "bytes": nbytes, "ram": ram, **{k: v for k, v in result.items()},
                           "labels_repeat": [same, total]}))

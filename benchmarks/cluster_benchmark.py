@@ -44,6 +44,8 @@ from pathlib import Path
 
 import numpy as np
 
+from markdown_section import put_section
+
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "benchmarks" / "data"
 PAPER_SCAN = DATA / "scan_34x206_det512_seed0.npy"
@@ -283,18 +285,6 @@ def section(r: dict, command: str) -> str:
     return "\n".join(lines)
 
 
-def write_section(path: Path, text: str) -> None:
-    """Replace what lies between the markers (appending them at the end when missing); nothing else changes."""
-    current = path.read_text(encoding="utf-8") if path.exists() else ""
-    if START in current and END in current:
-        head, rest = current.split(START, 1)
-        _, tail = rest.split(END, 1)
-        new = f"{head}{START}\n{text}{END}{tail}"
-    else:
-        new = f"{current.rstrip()}\n\n{START}\n{text}{END}\n"
-    path.write_text(new, encoding="utf-8")
-
-
 def main(argv=None) -> None:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     command = "python benchmarks/cluster_benchmark.py " + shlex.join(sys.argv[1:] if argv is None else argv)
@@ -302,7 +292,7 @@ def main(argv=None) -> None:
         r = measure(args, Path(workdir))
     text = section(r, command.strip())
     print(text)
-    write_section(args.write, text)
+    put_section(args.write, START, END, f"{START}\n{text}{END}")
     print(f"wrote {args.write}")
 
 

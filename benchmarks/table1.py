@@ -41,6 +41,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from markdown_section import put_section
 import scipy.ndimage as ndi
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -389,22 +391,6 @@ def markdown(args, info, truth, test, walls, runs, baselines, figures, elapsed, 
     return "\n".join(L) + "\n"
 
 
-def write_section(path: Path, section: str) -> None:
-    """Put ``section`` between the markers in ``path``, or append it (atomically)."""
-    from ghostmap.atomic import write_text
-
-    text = path.read_text(encoding="utf-8") if path.exists() else ""
-    start, end = text.find(START), text.find(END)
-    if start != -1 and end > start:
-        text = text[:start] + section.rstrip("\n") + text[end + len(END):]
-    else:
-        text = text.rstrip("\n") + ("\n\n" if text else "") + section
-    write_text(path, text if text.endswith("\n") else text + "\n")
-
-
-# ----------------------------------------------------------------------------- main
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     from ghostmap.evaluation import wall_mask
@@ -458,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
     sampling_figure(figures["sampling"], truth, runs, args.sizes)
     section = markdown(args, info, truth, test, walls, runs, baselines, figures,
                        time.perf_counter() - began, out_dir)
-    write_section(args.write, section)
+    put_section(args.write, START, END, section)
     print(section)
     print(f"written to {args.write}; figures {figures['maps']}, {figures['sampling']}")
     return 0

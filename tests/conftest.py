@@ -1,5 +1,7 @@
 """Fixtures shared by several test modules."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -8,6 +10,12 @@ from ghostmap.preprocessing import fit_preprocessing
 from ghostmap.reading import as_scan
 from ghostmap.simulate import moving_domain_maps, simulate_scan
 from ghostmap.training import TrainingOptions, train
+
+# the paper authors' hand labels, in the shared folder beside the checkout (never copied into it)
+PAPER_LABELS = Path(__file__).resolve().parents[2] / "shared" / "paper-labels"
+needs_paper = pytest.mark.skipif(
+    not PAPER_LABELS.is_dir(), reason=f"the paper authors' label files are not at {PAPER_LABELS}"
+)
 
 SERIES_SHIFT = 3  # columns the walls move per step in the simulated series
 SERIES_STEPS = 4

@@ -24,10 +24,7 @@ from ghostmap.labels import (
     write_positions,
 )
 
-PAPER_LABELS = Path(__file__).resolve().parents[2] / "shared" / "paper-labels"
-needs_paper = pytest.mark.skipif(
-    not PAPER_LABELS.is_dir(), reason=f"the paper authors' label files are not at {PAPER_LABELS}"
-)
+from conftest import PAPER_LABELS, needs_paper
 SCAN = (34, 206)  # the paper's scan: rows, cols
 
 

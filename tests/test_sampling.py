@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -17,10 +15,7 @@ from ghostmap.sampling import (
     refinement_spacings,
 )
 
-PAPER_LABELS = Path(__file__).resolve().parents[2] / "shared" / "paper-labels"
-needs_paper = pytest.mark.skipif(
-    not PAPER_LABELS.is_dir(), reason=f"the paper authors' label files are not at {PAPER_LABELS}"
-)
+from conftest import PAPER_LABELS, needs_paper
 PAPER_SCAN = (34, 206)
 
 

@@ -270,7 +270,6 @@ def predict(
 
         step = Step(data[0], None, dataset, shape)
         with step.open() as scan:
-            model.check_scan(scan.detector_shape, str(data[0]))
             result = predict_step(step, scan, model, f"classifying {data[0].name}")
         paths = save_prediction(out_dir, result, title=str(data[0].name))
         out.print(f"classified {result.labels.size} patterns: {_fractions(result)}")
@@ -329,10 +328,9 @@ class _predictor:
 
 
 def _predict_series(data, model, out_dir, predict_step, dataset, shape):
-    from .series import check_steps, predict_series, series_steps
+    from .series import predict_series, series_steps
 
     steps = series_steps(data, dataset=dataset, scan_shape=shape)
-    check_steps(steps, model)
     out.print(f"series of {len(steps)} scans -> {out_dir}")
 
     def on_step(i, total, step, status):

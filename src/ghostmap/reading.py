@@ -77,7 +77,25 @@ def _materialise(block) -> np.ndarray:
     return np.ascontiguousarray(block)
 
 
-class Scan:
+class _OpenFiles:
+    """Something holding open files: ``close()`` (safe to call twice), or use it in a ``with``."""
+
+    _closers: list
+
+    def close(self) -> None:
+        """Close any file this object opened."""
+        closers, self._closers = self._closers, []
+        for close in reversed(closers):
+            close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class Scan(_OpenFiles):
     """A lazily opened 4D-STEM scan, axes (scan_row, scan_col, det_row, det_col).
 
     ``data`` is the underlying lazy array, already in that axis order; ``source`` says
@@ -156,17 +174,6 @@ class Scan:
         for start in range(0, self.shape[0], step):
             yield start, self.read_rows(start, min(start + step, self.shape[0]))
 
-    def close(self) -> None:
-        """Close any file this scan opened (safe to call twice)."""
-        closers, self._closers = self._closers, []
-        for close in reversed(closers):
-            close()
-
-    def __enter__(self) -> "Scan":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 def _file_backed_rows(data) -> bool:
@@ -555,7 +562,7 @@ class _TimeStep:
         return self._data[(self._t, *key) if isinstance(key, tuple) else (self._t, key)]
 
 
-class TimeSeries:
+class TimeSeries(_OpenFiles):
     """A lazily opened 5-D dataset (time, scan_row, scan_col, det_row, det_col): one Scan per step."""
 
     def __init__(self, data, source: str, path: Path, closers=()):
@@ -577,16 +584,6 @@ class TimeSeries:
             view = _TimeStep(data, t)
         return Scan(view, f"{self.source}[{t}]", files=(self.path,))
 
-    def close(self) -> None:
-        closers, self._closers = self._closers, []
-        for close in reversed(closers):
-            close()
-
-    def __enter__(self) -> "TimeSeries":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 def time_series_length(path: str | os.PathLike, dataset: str | None = None) -> int | None:

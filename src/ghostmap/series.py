@@ -246,6 +246,8 @@ class SeriesWriter:
             for entry in entries:
                 self.results.append(load_prediction(self.out_dir / entry["folder"]))
             self.entries, self.rejected = entries, rejected
+        # how each step differs from the one before, kept so a new step costs one comparison
+        self.motion = [step_motion(self.results, t, self.classes) for t in range(len(self.results))]
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -281,9 +283,12 @@ class SeriesWriter:
         entry = {**signature, "folder": folder}
         if existing:
             self.entries[index], self.results[index] = entry, result
+            for t in range(index, min(index + 2, len(self.results))):
+                self.motion[t] = step_motion(self.results, t, self.classes)
         else:
             self.entries.append(entry)
             self.results.append(result)
+            self.motion.append(step_motion(self.results, index, self.classes))
         self.rejected.pop(signature["source"], None)
         self.write_summary()
         return entry
@@ -302,7 +307,7 @@ class SeriesWriter:
 
     def summary(self) -> dict[str, np.ndarray]:
         """The series arrays, as written to ``series.npz``."""
-        return series_arrays(self.results, self.classes, [e["source"] for e in self.entries])
+        return series_arrays(self.results, self.classes, [e["source"] for e in self.entries], self.motion)
 
     def write_summary(self, figures: bool | None = None) -> dict[str, Path]:
         """Rewrite series.npz, series.csv, fractions.png and domain_maps.gif, then the manifest.
@@ -336,16 +341,26 @@ class SeriesWriter:
             self.write_summary(figures=True)
 
 
-def series_arrays(results: list[Prediction], classes, sources) -> dict[str, np.ndarray]:
-    """Stack per-step predictions and measure how the domains changed from step to step."""
-    n = len(results)
+def step_motion(results: list[Prediction], t: int, classes) -> tuple[int, float]:
+    """(positions that changed class, wall shift) from step ``t - 1`` to step ``t``; (0, NaN) at the first."""
+    if t == 0:
+        return 0, float("nan")
+    before, after = results[t - 1].labels, results[t].labels
+    return changed_positions(before, after), wall_shift(before, after, classes)
+
+
+def series_arrays(results: list[Prediction], classes, sources,
+                  motion: list[tuple[int, float]] | None = None) -> dict[str, np.ndarray]:
+    """Stack per-step predictions and measure how the domains changed from step to step.
+
+    ``motion`` is :func:`step_motion` for every step, when the caller keeps it already.
+    """
     labels = np.stack([r.labels for r in results]).astype(np.int64)
     probabilities = np.stack([r.probabilities for r in results]).astype(np.float32)
-    changed = np.zeros(n, np.int64)
-    shift = np.full(n, np.nan)
-    for t in range(1, n):
-        changed[t] = changed_positions(labels[t - 1], labels[t])
-        shift[t] = wall_shift(labels[t - 1], labels[t], classes)
+    if motion is None:
+        motion = [step_motion(results, t, classes) for t in range(len(results))]
+    changed = np.array([m[0] for m in motion], np.int64)
+    shift = np.array([m[1] for m in motion], np.float64)
     return {
         "labels": labels,
         "probabilities": probabilities,
