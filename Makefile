@@ -1,12 +1,13 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   - create .venv, install ghostmap, run the whole loop on a simulated scan
-#   make test   - create .venv, install ghostmap with its test extras, run the test suite
+#   make test   - create .venv, install ghostmap with its test extras, run the linter and the test suite
+#   make docs   - build the documentation site into docs/_build/html (open docs/_build/html/index.html)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # The CPU build of PyTorch; other versions pull a multi-GB CUDA build on machines without a GPU.
 TORCH ?= torch==2.13.0
 
-.PHONY: demo test install benchmark table1 clean browser
+.PHONY: demo test lint docs install benchmark table1 clean browser
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -23,8 +24,21 @@ demo: $(VENV)/.installed
 browser:
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium) || echo "chromium not installed: the browser test will be skipped"
 
-test: $(VENV)/.installed browser
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+
+test: $(VENV)/.installed browser lint
 	$(VENV)/bin/pytest -q
+
+# Sphinx + numpydoc + the PyData theme; the tutorial notebook is executed during the build.
+# -W: any warning (a broken reference, an incomplete docstring) fails the build. No network needed.
+$(VENV)/.docs-installed: $(VENV)/.installed pyproject.toml
+	$(PY) -m pip install -q -e ".[docs]"
+	touch $@
+
+docs: $(VENV)/.docs-installed
+	$(VENV)/bin/sphinx-build -W --keep-going -q -b html docs docs/_build/html
+	@echo "open docs/_build/html/index.html"
 
 benchmark: $(VENV)/.installed
 	$(PY) benchmarks/benchmark.py
@@ -42,4 +56,4 @@ table1: $(VENV)/.installed $(PY4DSTEM_VENV)/.installed
 	$(PY) benchmarks/py4dstem_compare.py --py4dstem-python $(PY4DSTEM_VENV)/bin/python
 
 clean:
-	rm -rf $(VENV) ghostmap-demo
+	rm -rf $(VENV) ghostmap-demo docs/_build docs/jupyter_execute

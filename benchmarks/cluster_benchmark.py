@@ -43,7 +43,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from markdown_section import put_section
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -263,7 +262,7 @@ def section(r: dict, command: str) -> str:
         "| shared-filesystem or node read bandwidth | patterns/s ceiling | worker threads that reach it at the rate above |",
         "|---|---:|---:|",
     ]
-    for label, bw, ceiling in ceilings:
+    for label, _bw, ceiling in ceilings:
         lines.append(f"| {label} | {fmt(ceiling)} | {ceiling / per_thread:.0f} |")
     big = ceilings[-1][2]
     lines += [

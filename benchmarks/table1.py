@@ -41,9 +41,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-from markdown_section import put_section
 import scipy.ndimage as ndi
+from markdown_section import put_section
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER_LABELS = Path(__file__).resolve().parents[2] / "shared" / "paper-labels"
@@ -421,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
                             f"{f'_step{step}' if strategy == 'adaptive' else ''}_seed{seed}.npz")
                     args.reused += (cache / name).exists() and not args.fresh
                     run = cached(cache / name, args.fresh, lambda: training_run(
-                        scan, truth, test, size, strategy, seed, step, options))
+                        scan, truth, test, size, strategy, seed, step, options))  # noqa: B023 - called at once
                     run["score"] = score(names_of(run), truth, test, walls)
                     runs[size, strategy, seed] = run
                     print(f"{strategy:8s} {size:4d} labels, seed {seed}: {int(run['trained'].sum())} trained on, "
@@ -430,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
         for method in ("vdf", "cluster"):
             try:
                 b = cached(cache / f"{scan_path.stem}_{method}.npz", args.fresh,
-                           lambda: baseline_run(scan, truth, method))
+                           lambda: baseline_run(scan, truth, method))  # noqa: B023 - called at once
             except Exception as exc:  # noqa: BLE001 - a missing optional extra must not lose the table
                 print(f"baseline {method} skipped: {exc}")
                 continue

@@ -10,8 +10,16 @@ import pytest
 from PIL import Image
 
 from ghostmap.baselines import (
-    VDF_CLASSES, Apertures, classify_contrast, cluster_baseline, find_lattice, ghost_apertures, pool_map,
-    read_apertures, save_baseline, vdf_baseline,
+    VDF_CLASSES,
+    Apertures,
+    classify_contrast,
+    cluster_baseline,
+    find_lattice,
+    ghost_apertures,
+    pool_map,
+    read_apertures,
+    save_baseline,
+    vdf_baseline,
 )
 from ghostmap.cli import main
 from ghostmap.errors import GhostmapError

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import PAPER_LABELS, needs_paper
 
 from ghostmap.errors import GhostmapError
 from ghostmap.labels import (
@@ -24,7 +25,6 @@ from ghostmap.labels import (
     write_positions,
 )
 
-from conftest import PAPER_LABELS, needs_paper
 SCAN = (34, 206)  # the paper's scan: rows, cols
 
 

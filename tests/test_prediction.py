@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from ghostmap.errors import GhostmapError
 from ghostmap.model import Model, build_network
 from ghostmap.outputs import domain_rgb, load_prediction, save_prediction
-from ghostmap.errors import GhostmapError
 from ghostmap.prediction import activation_bytes, default_batch_size, iter_predictions, predict, prepare_network
 from ghostmap.preprocessing import Preprocessing, preprocess_positions
 from ghostmap.reading import as_scan

@@ -264,9 +264,7 @@ def write_mib(path: Path, frames: np.ndarray, hdr_shape=None) -> Path:
     if hdr_shape is not None:
         rows_, cols_ = hdr_shape
         path.with_suffix(".hdr").write_text(
-            "HDR,\t\nFrames in Acquisition (Number):\t{}\nFrames per Trigger (Number):\t{}\nEnd\t\n".format(
-                rows_ * cols_, cols_
-            )
+            f"HDR,\t\nFrames in Acquisition (Number):\t{rows_ * cols_}\nFrames per Trigger (Number):\t{cols_}\nEnd\t\n"
         )
     return path
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import PAPER_LABELS, needs_paper
 
 from ghostmap.errors import GhostmapError
 from ghostmap.labels import Labels, import_paper_yaml, labels_from_truth, truth_map
@@ -15,7 +16,6 @@ from ghostmap.sampling import (
     refinement_spacings,
 )
 
-from conftest import PAPER_LABELS, needs_paper
 PAPER_SCAN = (34, 206)
 
 

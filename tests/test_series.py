@@ -10,6 +10,8 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from conftest import SERIES_SHIFT as SHIFT
+from conftest import SERIES_STEPS as STEPS
 from PIL import Image
 
 from ghostmap.errors import GhostmapError
@@ -26,9 +28,6 @@ from ghostmap.series import (
     wall_shift,
 )
 from ghostmap.simulate import moving_domain_maps
-
-from conftest import SERIES_SHIFT as SHIFT
-from conftest import SERIES_STEPS as STEPS
 
 
 def as_indices(names, classes):

@@ -8,7 +8,7 @@ overview (virtual bright field) and the preview maps are one pixel per probe pos
 from __future__ import annotations
 
 import io
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 from PIL import Image
@@ -21,7 +21,7 @@ COLOUR_MAPS = ("magma", "gray", "viridis", "inferno")
 LOG_STRENGTH = 100.0
 
 
-@lru_cache(maxsize=None)
+@cache
 def _lut(name: str) -> np.ndarray:
     import matplotlib
 
