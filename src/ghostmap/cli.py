@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from .errors import GhostmapError
+from .labels import format_fractions
 
 app = typer.Typer(
     add_completion=False,
@@ -29,6 +30,22 @@ out = Console(soft_wrap=True)
 
 DatasetOpt = typer.Option(None, "--dataset", help="Path of the 4-D dataset inside an HDF5/EMD/zarr file.")
 ScanShapeOpt = typer.Option(None, "--scan-shape", help="ROWSxCOLS, for formats that don't store it (.mib).")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        out.print(f"ghostmap {__version__}", highlight=False)
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _main_options(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="Print the version and exit."),
+):
+    """Map ferroelectric polarization domains in 4D-STEM scans from a few labelled diffraction patterns."""
 
 
 def _progress() -> Progress:
@@ -272,14 +289,9 @@ def predict(
         with step.open() as scan:
             result = predict_step(step, scan, model, f"classifying {data[0].name}")
         paths = save_prediction(out_dir, result, title=str(data[0].name))
-        out.print(f"classified {result.labels.size} patterns: {_fractions(result)}")
+        out.print(f"classified {result.labels.size} patterns: {format_fractions(result.labels, result.classes)}")
         for p in paths.values():
             out.print(f"  {p}")
-
-
-def _fractions(result) -> str:
-    names = result.label_names()
-    return ", ".join(f"{c} {float((names == c).mean()):.0%}" for c in result.classes)
 
 
 class _predictor:
@@ -543,9 +555,9 @@ def baseline(
             result = run_baseline(scan, method, **options,
                                   progress=lambda done, total: progress.update(task, completed=done, total=total))
     paths = save_baseline(out_dir, result, title=str(data.name))
-    names = result.prediction.label_names()
-    fractions = ", ".join(f"{c} {float((names == c).mean()):.0%}" for c in result.prediction.classes)
-    out.print(f"{method} baseline on {names.size} patterns: {fractions}")
+    prediction = result.prediction
+    out.print(f"{method} baseline on {prediction.labels.size} patterns: "
+              f"{format_fractions(prediction.labels, prediction.classes)}")
     if method == "vdf":
         info = result.info
         out.print(f"{info['n_apertures'][0]} horizontal + {info['n_apertures'][1]} vertical apertures of radius "
