@@ -11,7 +11,7 @@ import numpy as np
 import scipy.ndimage as ndi
 
 from .errors import GhostmapError
-from .labels import Labels, class_order
+from .labels import Labels, check_in_scan, class_order
 
 
 def wall_mask(truth: np.ndarray, distance: int = 2) -> np.ndarray:
@@ -27,17 +27,41 @@ def wall_mask(truth: np.ndarray, distance: int = 2) -> np.ndarray:
 
 
 def evaluate(predicted: np.ndarray, truth: Labels) -> dict:
-    """Compare predicted class names (rows, cols) with the truth labels at their positions."""
+    """Compare predicted class names (rows, cols) with the truth labels at their positions.
+
+    Parameters
+    ----------
+    predicted : numpy.ndarray
+        (rows, cols) predicted class names, e.g. ``Prediction.label_names()``.
+    truth : Labels
+        The true classes at some or all positions.
+
+    Returns
+    -------
+    dict
+        ``n``, ``accuracy``, per-class ``recall``, the ``confusion`` matrix and its
+        ``classes``; wall and in-domain accuracy when the truth covers every position; for
+        class names the truth does not use (clusters), the best matching of names to classes.
+
+    Raises
+    ------
+    GhostmapError
+        When the truth is empty or a truth position lies outside the predicted map.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import ghostmap as gm
+    >>> predicted = np.array([["none", "vertical", "vertical"]])
+    >>> report = gm.evaluate(predicted, gm.Labels([0, 1, 2], [0, 0, 0], ["none", "vertical", "none"]))
+    >>> round(report["accuracy"], 3)
+    0.667
+    """
     predicted = np.asarray(predicted)
     rows, cols = predicted.shape
     if len(truth) == 0:
         raise GhostmapError("the truth file holds no labels")
-    outside = (truth.x >= cols) | (truth.y >= rows)
-    if outside.any():
-        i = int(np.flatnonzero(outside)[0])
-        raise GhostmapError(
-            f"truth label at x={truth.x[i]}, y={truth.y[i]} is outside the predicted map ({cols} columns x {rows} rows)"
-        )
+    check_in_scan(truth.x, truth.y, (rows, cols), what="truth label at", within="the predicted map")
     pred = predicted[truth.y, truth.x].astype(str)
     true = truth.label.astype(str)
     classes = list(class_order(np.concatenate([true, pred])))

@@ -93,7 +93,35 @@ class Labels:
 
     Positions are unique; the order is the order they were labelled or read in. The
     arrays are normalised on construction (``int64`` coordinates, a ``'<U..'`` string
-    array for the names, never ``object``).
+    array for the names, never ``object``) and made read-only.
+
+    Parameters
+    ----------
+    x : array_like of int
+        Scan columns, not negative.
+    y : array_like of int
+        Scan rows, not negative.
+    label : array_like of str
+        Class names, one per position.
+
+    Raises
+    ------
+    GhostmapError
+        When the three lengths differ, a coordinate is negative or not a whole number, or
+        a position appears twice.
+
+    See Also
+    --------
+    read_labels, write_labels, labels_from_truth
+
+    Examples
+    --------
+    >>> import ghostmap as gm
+    >>> labels = gm.Labels([0, 5, 9], [0, 2, 2], ["none", "vertical", "vertical"])
+    >>> labels
+    Labels(3 positions: none=1, vertical=2)
+    >>> labels.to_dict()[(5, 2)]
+    'vertical'
     """
 
     x: np.ndarray
@@ -247,14 +275,47 @@ def _parse_coordinate(path: Path, line: int | str, name: str, text: str) -> int:
     return value
 
 
-def _check_in_scan(where: str, x: int, y: int, scan_shape: tuple[int, int] | None) -> None:
-    if scan_shape is None:
-        return
+def check_in_scan(x, y, scan_shape: tuple[int, int], what: str = "position", within: str = "the scan") -> None:
+    """Raise if any position (x, y) lies outside a scan of ``scan_shape`` (rows, cols).
+
+    The one place where ghostmap checks that labels or positions lie inside a scan (or a
+    predicted map); the error names the first offending position.
+
+    Parameters
+    ----------
+    x, y : int or array_like of int
+        Scan column(s) and scan row(s).
+    scan_shape : tuple of int
+        (rows, cols) of the scan.
+    what : str, optional
+        The words before ``x=..., y=...`` in the error message, e.g. ``"label at"``.
+    within : str, optional
+        What the positions must lie inside, for the error message.
+
+    Raises
+    ------
+    GhostmapError
+        Naming the first position outside the scan.
+
+    Examples
+    --------
+    >>> check_in_scan([0, 5], [0, 2], (3, 6))
+    >>> check_in_scan(6, 2, (3, 6), what="label at")
+    Traceback (most recent call last):
+    ...
+    ghostmap.errors.GhostmapError: label at x=6, y=2 is outside the scan (6 columns x 3 rows)
+    """
     rows, cols = scan_shape
-    if not (0 <= x < cols and 0 <= y < rows):
-        raise GhostmapError(
-            f"{where}: position x={x}, y={y} is outside the scan ({cols} columns x {rows} rows)"
-        )
+    x, y = np.atleast_1d(np.asarray(x)), np.atleast_1d(np.asarray(y))
+    outside = (x < 0) | (x >= cols) | (y < 0) | (y >= rows)
+    if outside.any():
+        i = int(np.flatnonzero(outside)[0])
+        raise GhostmapError(f"{what} x={x[i]}, y={y[i]} is outside {within} ({cols} columns x {rows} rows)")
+
+
+def _check_in_scan(where: str, x: int, y: int, scan_shape: tuple[int, int] | None) -> None:
+    if scan_shape is not None:
+        check_in_scan(x, y, scan_shape, what=f"{where}: position")
 
 
 def _collect(path: Path, entries, scan_shape) -> Labels:
@@ -354,12 +415,34 @@ def read_labels(path: str | os.PathLike, scan_shape: tuple[int, int] | None = No
     The format follows the suffix: ``.yaml``/``.yml`` is read as the paper's YAML, anything
     else as CSV. In CSV files the columns may come in any order, extra columns are ignored,
     whitespace is stripped and blank lines skipped. Exact repeats of a position are
-    dropped; the same position with two different labels is an error, as is a position
-    outside ``scan_shape`` (rows, cols) when given.
+    dropped.
 
-    With ``missing_ok=True`` a missing or empty (0 bytes or header-only) file gives empty
-    :class:`Labels`, so that a labelling session can start from nothing; otherwise those
-    are errors.
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The label file.
+    scan_shape : tuple of int, optional
+        (rows, cols) of the scan; when given, every position must lie inside it.
+    missing_ok : bool, optional
+        When True a missing or empty (0 bytes or header-only) file gives empty
+        :class:`Labels`, so that a labelling session can start from nothing.
+
+    Returns
+    -------
+    Labels
+        The labels in file order.
+
+    Raises
+    ------
+    GhostmapError
+        For a missing or empty file (unless ``missing_ok``), a missing column, a coordinate
+        that is not a whole number, a position outside ``scan_shape``, or the same position
+        with two different labels; the message names the file and line.
+
+    Examples
+    --------
+    >>> import ghostmap as gm
+    >>> labels = gm.read_labels("labels.csv", missing_ok=True)  # doctest: +SKIP
     """
     path = Path(path)
     text = _read_text(path, missing_ok, "label")
@@ -415,13 +498,50 @@ def _csv_text(header: tuple[str, ...], rows: Iterable[tuple]) -> str:
 
 
 def write_labels(path: str | os.PathLike, labels: Labels) -> None:
-    """Write labels as CSV (header ``x,y,label``), atomically: a failed write keeps the old file."""
+    """Write labels as CSV (header ``x,y,label``), atomically: a failed write keeps the old file.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The CSV file to write (replaced whole).
+    labels : Labels
+        The labels, written in their order.
+
+    Raises
+    ------
+    OSError
+        When the file cannot be written; the old file is then unchanged.
+
+    Examples
+    --------
+    >>> import ghostmap as gm
+    >>> gm.write_labels("labels.csv", gm.Labels([3], [1], ["none"]))  # doctest: +SKIP
+    """
     rows = zip(labels.x.tolist(), labels.y.tolist(), labels.label.tolist())
     write_text(path, _csv_text(("x", "y", "label"), rows))
 
 
 def write_positions(path: str | os.PathLike, x, y) -> None:
-    """Write positions to label as CSV (header ``x,y``), atomically; header-only when empty."""
+    """Write positions to label as CSV (header ``x,y``), atomically; header-only when empty.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The CSV file to write (replaced whole), e.g. ``next.csv``.
+    x, y : array_like of int
+        Scan columns and rows of the positions, as :func:`propose` returns them.
+
+    Raises
+    ------
+    OSError
+        When the file cannot be written; the old file is then unchanged.
+
+    Examples
+    --------
+    >>> import ghostmap as gm
+    >>> x, y = gm.propose((34, 206), gm.Labels.empty(), budget=50)  # doctest: +SKIP
+    >>> gm.write_positions("next.csv", x, y)  # doctest: +SKIP
+    """
     x = _as_int_array(x, "x")
     y = _as_int_array(y, "y")
     if len(x) != len(y):
@@ -442,8 +562,33 @@ def require_trainable(labels: Labels, source: str = "labels.csv") -> None:
 def labels_from_truth(truth: np.ndarray, x, y) -> Labels:
     """Label positions ``(x, y)`` by looking them up in a ``(rows, cols)`` map of class names.
 
-    Used to simulate a labelling session from a ground truth. A position outside the map
-    or where the map is blank (``''``) is an error: it has no class to give.
+    Used to simulate a labelling session from a ground truth.
+
+    Parameters
+    ----------
+    truth : numpy.ndarray
+        (rows, cols) class names, e.g. the truth map :func:`simulate_scan` returns.
+    x, y : array_like of int
+        Scan columns and rows to label.
+
+    Returns
+    -------
+    Labels
+        One label per position, in the order given.
+
+    Raises
+    ------
+    GhostmapError
+        For a position outside the map or where the map is blank (``''``): it has no
+        class to give.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import ghostmap as gm
+    >>> truth = np.array([["none", "vertical"], ["horizontal", "vertical"]])
+    >>> gm.labels_from_truth(truth, [1, 0], [0, 1]).to_dict()
+    {(1, 0): 'vertical', (0, 1): 'horizontal'}
     """
     truth = np.asarray(truth)
     if truth.ndim != 2:
@@ -461,6 +606,57 @@ def labels_from_truth(truth: np.ndarray, x, y) -> Labels:
         i = blank[0]
         raise GhostmapError(f"truth map: position x={x[i]}, y={y[i]} has no class")
     return Labels(x, y, names)
+
+
+def class_fractions(labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """Fraction of positions in each class of a map of class indices.
+
+    The one place where ghostmap counts class fractions (the CLI's summary lines, the
+    label page's preview, a series' ``fractions``).
+
+    Parameters
+    ----------
+    labels : array_like of int
+        Class indices, any shape, each in ``0 .. n_classes - 1``.
+    n_classes : int
+        Number of classes.
+
+    Returns
+    -------
+    numpy.ndarray
+        (n_classes,) float64 fractions summing to 1 (all zero for an empty map).
+
+    Examples
+    --------
+    >>> class_fractions(np.array([[0, 0], [2, 0]]), 3)
+    array([0.75, 0.  , 0.25])
+    """
+    labels = np.asarray(labels).ravel()
+    return np.bincount(labels, minlength=n_classes)[:n_classes] / max(labels.size, 1)
+
+
+def format_fractions(labels: np.ndarray, classes) -> str:
+    """One line such as ``"none 20%, vertical 45%, horizontal 35%"`` for a map of class indices.
+
+    Parameters
+    ----------
+    labels : array_like of int
+        Class indices into ``classes``, any shape.
+    classes : sequence of str
+        Class names.
+
+    Returns
+    -------
+    str
+        Each class name with its percentage of positions, in the order of ``classes``.
+
+    Examples
+    --------
+    >>> format_fractions(np.array([0, 1, 1, 1]), ["none", "vertical"])
+    'none 25%, vertical 75%'
+    """
+    fractions = class_fractions(labels, len(classes))
+    return ", ".join(f"{c} {f:.0%}" for c, f in zip(classes, fractions))
 
 
 def truth_map(labels: Labels, scan_shape: tuple[int, int]) -> np.ndarray:

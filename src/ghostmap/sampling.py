@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import math
 import operator
+
 import numpy as np
 
 from ghostmap.errors import GhostmapError
-from ghostmap.labels import Labels
+from ghostmap.labels import Labels, check_in_scan
 
 __all__ = ["STRATEGIES", "propose", "default_step", "coarse_grid", "boundary_midpoints", "refinement_spacings"]
 
@@ -246,13 +247,7 @@ def propose(
     step = _positive_int(step, "step")
     seed = _whole_number(seed, "seed", 0)
     labels = Labels.empty() if labels is None else labels
-    if len(labels):
-        outside = (labels.x >= cols) | (labels.y >= rows)
-        if outside.any():
-            i = int(np.flatnonzero(outside)[0])
-            raise GhostmapError(
-                f"label position x={labels.x[i]}, y={labels.y[i]} is outside the scan ({cols} columns x {rows} rows)"
-            )
+    check_in_scan(labels.x, labels.y, (rows, cols), what="label position")
     remaining = budget - len(labels)
     if remaining <= 0:
         return _EMPTY

@@ -40,6 +40,7 @@ from scipy import ndimage
 
 from .atomic import atomic_path, write_text
 from .errors import GhostmapError
+from .labels import class_fractions
 from .model import Model
 from .prediction import Prediction, predict
 from .reading import Scan, open_scan, open_time_series, time_series_length
@@ -56,11 +57,6 @@ _GLOB_CHARS = re.compile(r"[*?\[]")
 
 
 # ------------------------------------------------------------------ what changed between steps
-
-
-def class_fractions(labels: np.ndarray, n_classes: int) -> np.ndarray:
-    """(C,) fraction of positions predicted as each class."""
-    return np.bincount(np.asarray(labels).ravel(), minlength=n_classes)[:n_classes] / max(np.size(labels), 1)
 
 
 def changed_positions(before: np.ndarray, after: np.ndarray) -> int:
@@ -91,12 +87,35 @@ def wall_centres(labels: np.ndarray, classes) -> np.ndarray:
 
 
 def wall_shift(before: np.ndarray, after: np.ndarray, classes) -> float:
-    """How far (probe positions) the walls moved between two label maps.
+    """How far (in probe positions) the domain walls moved between two label maps.
 
-    Each wall centre position of one map is matched to the nearest wall centre of the
-    other, both ways, and the median distance is taken: a wall moved rigidly by d
-    positions along its normal gives d, and walls entering or leaving the field of view
-    do not drag the figure away. NaN when either map has no wall.
+    Each wall is thinned to the line where its two domains meet; each point of one map's
+    lines is matched to the nearest point of the other's, both ways, and the median
+    distance is taken: a wall moved rigidly by d positions along its normal gives d, and
+    walls entering or leaving the field of view do not drag the figure away.
+
+    Parameters
+    ----------
+    before, after : numpy.ndarray
+        (rows, cols) class indices of two steps.
+    classes : sequence of str
+        The class names the indices refer to (``none`` is not a domain).
+
+    Returns
+    -------
+    float
+        The median wall displacement; NaN when either map has no wall.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import ghostmap as gm
+    >>> before = np.zeros((8, 20), int)
+    >>> before[:, 10:] = 1
+    >>> after = np.zeros((8, 20), int)
+    >>> after[:, 13:] = 1
+    >>> float(gm.wall_shift(before, after, ["horizontal", "vertical"]))
+    3.0
     """
     a, b = wall_centres(before, classes), wall_centres(after, classes)
     if not a.any() or not b.any():
@@ -170,7 +189,35 @@ def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path]:
 
 def series_steps(inputs: Iterable[str | os.PathLike], dataset: str | None = None,
                  scan_shape: tuple[int, int] | None = None) -> list[Step]:
-    """The steps of a series: one per file, or one per time index of a 5-D dataset."""
+    """The steps of a series: one per file, or one per time index of a 5-D dataset.
+
+    Parameters
+    ----------
+    inputs : iterable of str or os.PathLike
+        Files, globs (``'insitu/scan_*.npy'``, sorted naturally), or one file holding a
+        5-D (time, scan_row, scan_col, det_row, det_col) dataset.
+    dataset : str, optional
+        The dataset inside an HDF5/EMD/zarr file.
+    scan_shape : tuple of int, optional
+        (rows, cols) for formats that do not store it (``.mib``).
+
+    Returns
+    -------
+    list of Step
+        One step per scan, in time order.
+
+    Raises
+    ------
+    GhostmapError
+        When a glob matches nothing or a file cannot be read.
+
+    Examples
+    --------
+    >>> import ghostmap as gm
+    >>> steps = gm.series_steps(["insitu/scan_*.npy"])  # doctest: +SKIP
+    >>> len(steps)  # doctest: +SKIP
+    6
+    """
     steps: list[Step] = []
     for path in expand_inputs(inputs):
         if not path.exists():
@@ -389,13 +436,14 @@ def series_table(arrays: dict[str, np.ndarray]) -> str:
 
 def save_fractions_figure(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """Class fractions (top) and wall motion (bottom) against step."""
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     from .outputs import class_colours
 
     classes = [str(c) for c in arrays["classes"]]
     steps = np.arange(len(arrays["sources"]))
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 5.5), sharex=True, constrained_layout=True)
+    fig = Figure(figsize=(7, 5.5), layout="constrained")
+    top, bottom = fig.subplots(2, 1, sharex=True)
     for c, colour in zip(range(len(classes)), class_colours(classes)):
         top.plot(steps, arrays["fractions"][:, c] * 100, "o-", color=colour, label=classes[c])
     top.set_ylabel("positions (%)")
@@ -420,7 +468,6 @@ def save_fractions_figure(path: Path, arrays: dict[str, np.ndarray]) -> None:
     bottom.set_title("domain-wall motion since the previous step")
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
 
 
 def save_animation(path: Path, results: list[Prediction], sources, seconds_per_frame: float = 0.6) -> None:
@@ -469,9 +516,43 @@ def predict_series(
 ) -> SeriesWriter:
     """Classify every step of a series into ``out_dir``, skipping steps already finished there.
 
-    ``predict_step(step, scan, model)`` classifies one opened scan (default
-    :func:`ghostmap.prediction.predict`; pass a wrapper to add progress, or to run it on a
-    cluster). ``on_step(index, total, step, status)`` hears 'done' or 'skipped' per step.
+    All steps must share one scan shape and the model's detector shape; this is checked
+    before any work starts. Running it again resumes: unchanged steps are kept, a rewritten
+    file is classified again.
+
+    Parameters
+    ----------
+    steps : list of Step, or list of str or os.PathLike
+        The scans in time order: files, or the steps :func:`series_steps` made (e.g. of a
+        5-D dataset).
+    model : Model, str or os.PathLike
+        The model, or its folder.
+    out_dir : str or os.PathLike
+        The series folder (one ``step_NNNN/`` per scan plus ``series.npz``, ``series.csv``,
+        ``fractions.png``, ``domain_maps.gif`` and ``series.json``).
+    predict_step : callable, optional
+        ``predict_step(step, scan, model)`` classifies one opened scan (default
+        :func:`predict`; pass a wrapper to add progress, or to run it on a cluster).
+    on_step : callable, optional
+        ``on_step(index, total, step, status)`` hears ``'done'`` or ``'skipped'`` per step.
+
+    Returns
+    -------
+    SeriesWriter
+        The series folder's writer; ``len()`` is the number of steps in it.
+
+    Raises
+    ------
+    GhostmapError
+        When a scan cannot be read, the shapes differ, or ``out_dir`` was made with
+        another model.
+
+    Examples
+    --------
+    >>> import ghostmap as gm
+    >>> series = gm.predict_series(["t0.h5", "t1.h5", "t2.h5"], "model", "series")  # doctest: +SKIP
+    >>> gm.load_series("series")["wall_shift"]  # doctest: +SKIP
+    array([nan, 2.2, 2.3])
     """
     if not isinstance(model, Model):
         model = Model.load(model)
@@ -498,7 +579,31 @@ def predict_series(
 
 
 def load_series(out_dir: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Read ``series.npz`` from a series folder."""
+    """Read ``series.npz`` from a series folder.
+
+    Parameters
+    ----------
+    out_dir : str or os.PathLike
+        The series folder (or its ``series.npz``).
+
+    Returns
+    -------
+    dict of str to numpy.ndarray
+        ``labels`` (T, rows, cols), ``probabilities`` (T, rows, cols, C), ``classes`` (C,),
+        ``sources`` (T,), ``fractions`` (T, C), ``changed`` (T,) and ``wall_shift`` (T,).
+
+    Raises
+    ------
+    GhostmapError
+        When the folder holds no series.
+
+    Examples
+    --------
+    >>> import ghostmap as gm
+    >>> arrays = gm.load_series("series")  # doctest: +SKIP
+    >>> arrays["fractions"].shape  # doctest: +SKIP
+    (6, 3)
+    """
     path = Path(out_dir)
     path = path / SERIES_FILE if path.is_dir() else path
     if not path.is_file():

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import GhostmapError
-from .labels import Labels, class_order, read_labels, require_trainable
+from .labels import Labels, check_in_scan, class_order, read_labels, require_trainable
 from .model import Model, build_network
 from .preprocessing import Preprocessing, fit_preprocessing, preprocess_positions
 from .reading import as_scan
@@ -149,13 +149,7 @@ def train(
     require_trainable(labels, "the labels")
     if len(labels) < 4:
         raise GhostmapError(f"only {len(labels)} labels; training needs at least 4")
-    rows, cols = scan.scan_shape
-    outside = (labels.x < 0) | (labels.x >= cols) | (labels.y < 0) | (labels.y >= rows)
-    if outside.any():
-        i = int(np.flatnonzero(outside)[0])
-        raise GhostmapError(
-            f"label at x={labels.x[i]}, y={labels.y[i]} is outside the scan ({cols} columns x {rows} rows)"
-        )
+    check_in_scan(labels.x, labels.y, scan.scan_shape, what="label at")
     classes = class_order(labels.label)
     prep = preprocessing or fit_preprocessing(scan, target_size=default_input_size(options.arch))
     prep.check_detector(scan.detector_shape)

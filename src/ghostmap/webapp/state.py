@@ -16,6 +16,7 @@ refines walls only after its coarse grid is complete).
 from __future__ import annotations
 
 import json
+import logging
 import math
 import threading
 import time
@@ -26,7 +27,7 @@ import numpy as np
 
 from ghostmap.atomic import write_text
 from ghostmap.errors import GhostmapError
-from ghostmap.labels import DEFAULT_CLASSES, Labels, read_labels, write_labels
+from ghostmap.labels import DEFAULT_CLASSES, Labels, class_fractions, read_labels, write_labels
 from ghostmap.outputs import class_colours, domain_rgb
 from ghostmap.preprocessing import Preprocessing, fit_preprocessing, preprocess_positions
 from ghostmap.reading import bright_field_mask, mean_pattern, virtual_image
@@ -34,6 +35,8 @@ from ghostmap.sampling import STRATEGIES, propose
 from ghostmap.training import TrainingOptions
 
 from . import render
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["LabelSession", "Conflict", "NotFound", "sidecar_path", "MIN_TRAIN_LABELS", "QUEUE_MODES"]
 
@@ -380,9 +383,10 @@ class LabelSession:
     def _preview_info(self) -> dict | None:
         if self._prediction is None:
             return None
-        names = self._prediction.label_names()
-        return {"version": self._preview_version, "classes": list(self._prediction.classes),
-                "fractions": {c: float((names == c).mean()) for c in self._prediction.classes},
+        classes = self._prediction.classes
+        fractions = class_fractions(self._prediction.labels, len(classes))
+        return {"version": self._preview_version, "classes": list(classes),
+                "fractions": {c: float(f) for c, f in zip(classes, fractions)},
                 "mean_confidence": float(self._prediction.confidence.mean())}
 
     def pattern(self, x: int, y: int, view: str = "raw") -> np.ndarray:
@@ -464,6 +468,7 @@ class LabelSession:
                                   "n_labels": len(labels), "val_accuracy": m["val_accuracy"],
                                   "collapsed": bool(m["collapsed"]), "seconds": m["seconds"]}
         except Exception as exc:  # noqa: BLE001 - reported to the page, the server keeps running
+            logger.exception("train and preview failed")
             with self._lock:
                 self._training = {"state": "failed", "phase": "failed", "message": " ".join(str(exc).split())
                                   or type(exc).__name__}
