@@ -799,13 +799,11 @@ def save_baseline(out_dir: str | Path, result: BaselineResult, title: str = "") 
 
 
 def _save_contrast_png(path: Path, contrast: np.ndarray, info: dict, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     rows, cols = contrast.shape
-    fig, ax = plt.subplots(figsize=(10, 10 * rows / cols + 1.2) if cols > 2 * rows else (6, 6 * rows / cols + 1))
+    fig = Figure(figsize=(10, 10 * rows / cols + 1.2) if cols > 2 * rows else (6, 6 * rows / cols + 1))
+    ax = fig.subplots()
     lo, hi = np.nanpercentile(contrast, [1, 99])
     im = ax.imshow(contrast, cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
     fig.colorbar(im, ax=ax, fraction=0.03, label="(h - v) / total")
@@ -814,4 +812,3 @@ def _save_contrast_png(path: Path, contrast: np.ndarray, info: dict, title: str)
     ax.set_ylabel("scan row (y)")
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-    plt.close(fig)

@@ -9,18 +9,19 @@ colour weighted by its probability so that uncertain domain walls show as mixed 
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+from PIL import Image
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
+from .atomic import atomic_path
+from .errors import GhostmapError
+from .prediction import Prediction
 
-from .atomic import atomic_path  # noqa: E402
-from .errors import GhostmapError  # noqa: E402
-from .prediction import Prediction  # noqa: E402
+logger = logging.getLogger(__name__)
 
 PREDICTIONS_FILE = "predictions.npz"
 DOMAIN_MAP_FILE = "domain_map.png"
@@ -36,13 +37,67 @@ def class_colours(classes) -> np.ndarray:
 
 
 def domain_rgb(probabilities: np.ndarray, classes) -> np.ndarray:
-    """(rows, cols, 3) uint8 image: class colours mixed by probability."""
+    """The domain map as an RGB image: class colours mixed by probability.
+
+    The paper's colours: none red, vertical green, horizontal blue; other class names get
+    other distinct colours.
+
+    Parameters
+    ----------
+    probabilities : numpy.ndarray
+        (rows, cols, C) class probabilities.
+    classes : sequence of str
+        The C class names.
+
+    Returns
+    -------
+    numpy.ndarray
+        (rows, cols, 3) uint8 image.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import ghostmap as gm
+    >>> gm.domain_rgb(np.array([[[0.0, 1.0], [0.5, 0.5]]]), ["none", "vertical"]).tolist()
+    [[[0, 255, 0], [128, 128, 0]]]
+    """
     rgb = np.asarray(probabilities, float) @ class_colours(classes)
     return np.clip(np.round(rgb * 255), 0, 255).astype(np.uint8)
 
 
 def save_prediction(out_dir: str | Path, prediction: Prediction, title: str = "") -> dict[str, Path]:
-    """Write predictions.npz, domain_map.png and summary.png into ``out_dir``; return their paths."""
+    """Write ``predictions.npz``, ``domain_map.png`` and ``summary.png`` into ``out_dir``.
+
+    The same files as ``ghostmap predict``, each written under a temporary name and renamed
+    when complete. Figures are drawn with matplotlib's object API: the pyplot state (open
+    figures, the backend) is left alone.
+
+    Parameters
+    ----------
+    out_dir : str or os.PathLike
+        Folder to write into; created if missing.
+    prediction : Prediction
+        What :func:`predict` returned.
+    title : str, optional
+        Title of the summary figure.
+
+    Returns
+    -------
+    dict of str to pathlib.Path
+        The paths written, under the keys ``predictions``, ``domain_map`` and ``summary``.
+
+    Raises
+    ------
+    OSError
+        When a file cannot be written (any earlier file of the same name is kept).
+
+    Examples
+    --------
+    >>> import ghostmap as gm
+    >>> result = gm.predict(gm.open_scan("scan.h5"), gm.Model.load("model"))  # doctest: +SKIP
+    >>> gm.save_prediction("results", result)["domain_map"]  # doctest: +SKIP
+    PosixPath('results/domain_map.png')
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"predictions": out_dir / PREDICTIONS_FILE, "domain_map": out_dir / DOMAIN_MAP_FILE,
@@ -62,12 +117,34 @@ def save_prediction(out_dir: str | Path, prediction: Prediction, title: str = ""
         Image.fromarray(rgb, "RGB").save(tmp, format="png")
     with atomic_path(paths["summary"]) as tmp:
         summary_figure(prediction, title).savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-        plt.close("all")
     return paths
 
 
 def load_prediction(path: str | Path) -> Prediction:
-    """Read ``predictions.npz`` (or the directory holding it)."""
+    """Read ``predictions.npz`` back, as :func:`save_prediction` or ``ghostmap predict`` wrote it.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The ``predictions.npz`` file, or the folder holding it.
+
+    Returns
+    -------
+    Prediction
+        Labels, probabilities, class names and (when stored) the bright-field image.
+
+    Raises
+    ------
+    GhostmapError
+        When there is no such file or it is not a ghostmap predictions archive.
+
+    Examples
+    --------
+    >>> import ghostmap as gm
+    >>> result = gm.load_prediction("results")  # doctest: +SKIP
+    >>> result.label_names()[0, :3]  # doctest: +SKIP
+    array(['none', 'vertical', 'vertical'], dtype='<U10')
+    """
     path = Path(path)
     if path.is_dir():
         path = path / PREDICTIONS_FILE
@@ -87,13 +164,15 @@ def summary_figure(prediction: Prediction, title: str = ""):
     rows, cols = prediction.labels.shape
     panels = 3 if prediction.bright_field is not None else 2
     if cols > 2 * rows:  # wide scans (like the paper's 34 x 206) read better one above the other
-        fig, axes = plt.subplots(panels, 1, figsize=(10, panels * (10 * rows / cols + 0.8)), squeeze=False)
+        fig = Figure(figsize=(10, panels * (10 * rows / cols + 0.8)))
+        axes = fig.subplots(panels, 1, squeeze=False)
     else:
-        fig, axes = plt.subplots(1, panels, figsize=(4.5 * panels, 4 * rows / cols + 0.8), squeeze=False)
+        fig = Figure(figsize=(4.5 * panels, 4 * rows / cols + 0.8))
+        axes = fig.subplots(1, panels, squeeze=False)
     axes = axes.ravel()
     axes[0].imshow(domain_rgb(prediction.probabilities, prediction.classes), interpolation="nearest")
     axes[0].set_title("domain map")
-    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in class_colours(prediction.classes)]
+    handles = [Rectangle((0, 0), 1, 1, color=c) for c in class_colours(prediction.classes)]
     axes[0].legend(handles, prediction.classes, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     im = axes[1].imshow(prediction.confidence, vmin=1.0 / len(prediction.classes), vmax=1, cmap="magma",
                         interpolation="nearest")
@@ -116,7 +195,8 @@ def save_labels_figure(path: str | Path, labels, background: np.ndarray | None =
     """Labelled positions coloured by class, over a class-name map or an image (like the paper's Figure 7)."""
     from .labels import class_order
 
-    fig, ax = plt.subplots(figsize=(10, 3))
+    fig = Figure(figsize=(10, 3))
+    ax = fig.subplots()
     if background is not None:
         background = np.asarray(background)
         if background.dtype.kind in "US":
@@ -141,5 +221,4 @@ def save_labels_figure(path: str | Path, labels, background: np.ndarray | None =
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
     return path
