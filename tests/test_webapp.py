@@ -95,7 +95,7 @@ def test_every_label_is_on_disk_at_once(files):
         assert s["n_labels"] == 4
         assert sum(s["counts"].values()) == 4
         assert all([x, y] not in s["queue"] for x, y in given)
-        assert [(l["x"], l["y"]) for l in s["labels"]] == list(given)
+        assert [(lab["x"], lab["y"]) for lab in s["labels"]] == list(given)
         # the queue is what the stateless sampler proposes for the labels on disk
         x, y = propose(SCAN_SHAPE, read_labels(labels), BUDGET)
         assert s["queue"] == [[a, b] for a, b in zip(x.tolist(), y.tolist())]
@@ -332,7 +332,7 @@ def test_train_and_preview_then_uncertainty_sampling(files):
         assert png_of(c.get("/api/preview/confidence.png")).shape == (12, 30, 3)
         s = c.post("/api/mode", json={"mode": "uncertainty"}).json()
         assert s["mode"] == "uncertainty" and 0 < len(s["queue"]) <= 20
-        labelled = {(l["x"], l["y"]) for l in s["labels"]}
+        labelled = {(lab["x"], lab["y"]) for lab in s["labels"]}
         assert not labelled & {tuple(p) for p in s["queue"]}
         confidence = c.app.state.session._prediction.confidence
         queued = [confidence[y, x] for x, y in s["queue"]]
@@ -352,6 +352,22 @@ def run_cli(args, capsys):
         main(args)
     captured = capsys.readouterr()
     return exc.value.code, captured.out, captured.err
+
+
+def test_a_failed_training_is_shown_and_logged_with_its_traceback(files, caplog):
+    scan, labels, truth = files
+    with client_for(scan, labels, training=TrainingOptions(arch="no-such-network", epochs=1, device="cpu")) as c:
+        s = c.get("/api/state").json()
+        while s["n_labels"] < 8:
+            s = label_current(c, truth, s)
+        with caplog.at_level("ERROR", logger="ghostmap.webapp.state"):
+            assert c.post("/api/train", json={}).status_code == 202
+            t = c.app.state.session.wait_for_training(60)
+        assert t["state"] == "failed" and "no-such-network" in t["message"]
+        assert c.get("/api/state").status_code == 200  # the server carries on
+    records = [r for r in caplog.records if r.name == "ghostmap.webapp.state"]
+    assert records and records[0].exc_info is not None, "the background thread's traceback was dropped"
+    assert "no-such-network" in caplog.text and "Traceback" in caplog.text
 
 
 def test_cli_label_usage_errors(files, capsys):

@@ -98,7 +98,7 @@ def read_csv(path: Path) -> dict:
 
 def page_labels(page) -> dict:
     state = page.evaluate("() => fetch('/api/state').then(r => r.json())")
-    return {(l["x"], l["y"]): l["label"] for l in state["labels"]}, state
+    return {(lab["x"], lab["y"]): lab["label"] for lab in state["labels"]}, state
 
 
 def current(page) -> tuple[int, int]:
@@ -195,6 +195,58 @@ def test_label_with_the_keyboard_kill_restart_reload(tmp_path):
         if server.proc.poll() is None:
             server.kill()
     assert (ARTIFACTS / "label_app.png").stat().st_size > 10_000
+
+
+@needs_browser
+def test_quick_keys_are_queued_the_overview_fills_its_panel_and_an_empty_queue_says_so(tmp_path):
+    from ghostmap.simulate import simulate_scan
+
+    data, _ = simulate_scan((12, 30), detector=32, seed=0)
+    np.save(tmp_path / "scan.npy", data)
+    labels = tmp_path / "labels.csv"
+    server = Server(["scan.npy", "--labels", "labels.csv", "--budget", "6", "--port", "0"], tmp_path)
+    try:
+        with sync_playwright() as p:
+            browser = launch(p)
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            errors = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(server.url)
+            page.wait_for_selector("body[data-ready='1']", timeout=15_000)
+
+            # the overview is as wide as its panel: no black band beside it
+            wrap_width = page.evaluate("() => document.getElementById('overview-wrap').clientWidth")
+            canvas = page.locator("#overview").bounding_box()
+            assert abs(canvas["width"] - wrap_width) <= 1.5, (canvas, wrap_width)
+            assert abs(canvas["height"] / canvas["width"] - 12 / 30) < 0.02
+
+            # six keys pressed without waiting for the server: six labels, in the order pressed
+            state = page.evaluate("() => fetch('/api/state').then(r => r.json())")
+            assert len(state["queue"]) >= 1
+            pressed = ["n", "v", "h", "3", "2", "1"]
+            for key in pressed:
+                page.keyboard.press(key)
+            page.wait_for_selector("body[data-labels='6']", timeout=20_000)
+            page.wait_for_function("() => !document.body.classList.contains('busy')", timeout=10_000)
+            saved = read_csv(labels)
+            assert len(saved) == 6
+            names = {"n": "none", "v": "vertical", "h": "horizontal", "1": "horizontal", "2": "vertical", "3": "none"}
+            assert sorted(saved.values()) == sorted(names[k] for k in pressed)
+            history = page_labels(page)[1]
+            assert len(history["labels"]) == 6
+
+            # budget spent, queue empty: a message, no broken image
+            assert page.locator("#empty-queue").is_visible()
+            assert "Budget of 6 labels reached" in page.inner_text("#empty-queue")
+            assert not page.locator("#pattern").is_visible()
+            assert not page.locator("#pattern-wrap").is_visible()
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "label_app_empty_queue.png"), full_page=True)
+            assert errors == []
+            browser.close()
+    finally:
+        if server.proc.poll() is None:
+            server.kill()
 
 
 def readme_screenshot(out: Path = ROOT / "docs" / "label_app.png", epochs: int = 60) -> Path:

@@ -26,6 +26,7 @@ against DNS rebinding), and every parameter is validated.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from contextlib import asynccontextmanager
@@ -46,6 +47,8 @@ from ghostmap.training import TrainingOptions
 
 from . import render
 from .state import Conflict, LabelSession, NotFound
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["create_app", "STATIC_DIR", "MAX_BODY_BYTES", "LOCAL_HOSTS"]
 
@@ -166,25 +169,46 @@ def create_app(
     here and closed when the app shuts down. ``allowed_hosts=None`` answers any Host
     header (for ``--host 0.0.0.0``).
     """
+    session, owned = _open_session(scan, labels_path, dataset, classes=classes, budget=budget, strategy=strategy,
+                                   step=step, seed=seed, training=training)
+    app = FastAPI(title="ghostmap label", lifespan=_lifespan(session, owned), docs_url=None, redoc_url=None,
+                  openapi_url=None)
+    app.state.session = session
+    _add_error_handlers(app)
+    _add_guards(app, max_body, allowed_hosts)
+    _add_page(app)
+    _add_label_routes(app, session)
+    _add_image_routes(app, session)
+    return app
+
+
+def _open_session(scan, labels_path, dataset: str | None, **options) -> tuple[LabelSession, bool]:
+    """The label session, and whether the app owns (opened, and must close) the scan."""
     owned = isinstance(scan, (str, os.PathLike))
     scan = open_scan(scan, dataset=dataset) if owned else as_scan(scan, dataset=dataset)
     try:
-        session = LabelSession(scan, labels_path, classes=classes, budget=budget, strategy=strategy, step=step,
-                               seed=seed, training=training)
+        return LabelSession(scan, labels_path, **options), owned
     except BaseException:
         if owned:
             scan.close()
         raise
+
+
+def _lifespan(session: LabelSession, owned: bool):
+    """On shutdown, let a running training finish (briefly) and close a scan the app opened."""
 
     @asynccontextmanager
     async def lifespan(app):
         yield
         if owned:
             session.wait_for_training(timeout=5)
-            scan.close()
+            session.scan.close()
 
-    app = FastAPI(title="ghostmap label", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.session = session
+    return lifespan
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error as ``{"error": "one line"}`` with its status code."""
 
     @app.exception_handler(Conflict)
     async def conflict(request: Request, exc: Conflict):
@@ -212,7 +236,12 @@ def create_app(
 
     @app.exception_handler(OSError)
     async def disk_error(request: Request, exc: OSError):
+        logger.error("could not write: %s", exc, exc_info=exc)
         return _error(500, f"could not write: {exc.strerror or exc}")
+
+
+def _add_guards(app: FastAPI, max_body: int, allowed_hosts: Iterable[str] | None) -> None:
+    """Security headers on every response; Host, size and content-type checks on every request."""
 
     @app.middleware("http")
     async def headers(request: Request, call_next):
@@ -226,6 +255,9 @@ def create_app(
 
     app.add_middleware(_RequestGuard, max_body=max_body, allowed_hosts=allowed_hosts)
 
+
+def _add_page(app: FastAPI) -> None:
+    """The page itself and its script and style."""
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     @app.get("/", include_in_schema=False)
@@ -234,6 +266,10 @@ def create_app(
             "Cache-Control": "no-store",
             "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; object-src 'none'; "
                                        "base-uri 'none'; frame-ancestors 'none'"})
+
+
+def _add_label_routes(app: FastAPI, session: LabelSession) -> None:
+    """The JSON routes: state, label, skip, undo, goto, queue mode, train and preview."""
 
     @app.get("/api/state")
     def state():
@@ -272,6 +308,10 @@ def create_app(
     def training_status():
         return session.training_status()
 
+
+def _add_image_routes(app: FastAPI, session: LabelSession) -> None:
+    """The PNG routes: a pattern with display controls, the overview, the preview maps."""
+
     @app.get("/api/pattern.png")
     def pattern(
         x: int = Query(ge=0, le=_MAX_COORD),
@@ -300,5 +340,3 @@ def create_app(
     @app.get("/api/preview/{kind}.png")
     def preview(kind: Literal["domain", "confidence"]):
         return Response(session.preview_png(kind), media_type="image/png")
-
-    return app

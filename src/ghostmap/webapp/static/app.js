@@ -4,7 +4,9 @@
 
 const $ = (id) => document.getElementById(id);
 let state = null;          // the last /api/state
-let busy = false;          // an action is in flight: keys are ignored meanwhile
+let pending = Promise.resolve();  // actions run one after another, in the order they were asked for
+let queued = 0;            // actions asked for and not finished (body.busy while any)
+let generation = 0;        // bumped by a failed action: the actions queued behind it are dropped
 let overviewImage = null;  // virtual bright field, one pixel per position
 let previewImages = {};    // {domain, confidence} for the current preview version
 let previewVersion = -1;
@@ -40,23 +42,35 @@ function showMessage(text) {
   }
 }
 
-async function act(method, path, body) {
-  if (busy) return;
-  busy = true;
+// Queue an action. Keys pressed while a request is pending are not lost: each action waits for the
+// one before it, and ``body`` (a function) is evaluated only then, so a label applies to the position
+// shown after the previous action, as if the person had waited. ``body`` returning null drops the
+// action (e.g. nothing left to label). After a failure the actions queued behind it are dropped.
+function act(method, path, body) {
+  const mine = generation;
+  queued += 1;
   document.body.classList.add("busy");
-  try {
-    setState(await api(method, path, body));
-    showMessage("");
-  } catch (e) {
-    showMessage(e.message);
-  } finally {
-    busy = false;
-    document.body.classList.remove("busy");
-  }
+  pending = pending.then(async () => {
+    if (mine !== generation) return;
+    const payload = typeof body === "function" ? body() : body;
+    if (payload === null) return;
+    try {
+      setState(await api(method, path, payload));
+      showMessage("");
+    } catch (e) {
+      generation += 1;
+      showMessage(e.message);
+    }
+  }).finally(() => {
+    queued -= 1;
+    if (queued === 0) document.body.classList.remove("busy");
+  });
+  return pending;
 }
 
-const label = (name) => state && state.current && act("POST", "/api/label", { x: state.current.x, y: state.current.y, label: name });
-const skip = () => state && state.current && act("POST", "/api/skip", { x: state.current.x, y: state.current.y });
+const atCurrent = (extra) => () => (state && state.current ? { x: state.current.x, y: state.current.y, ...extra } : null);
+const label = (name) => act("POST", "/api/label", atCurrent({ label: name }));
+const skip = () => act("POST", "/api/skip", atCurrent({}));
 const undo = () => act("POST", "/api/undo", {});
 const goTo = (x, y) => act("POST", "/api/goto", { x, y });
 
@@ -169,6 +183,7 @@ function renderPattern() {
     $("position-status").textContent = "";
     img.removeAttribute("src");
     img.hidden = true;
+    $("pattern-wrap").hidden = true;  // a message, not a broken image in an empty black box
     empty.hidden = false;
     empty.textContent = state.n_labels >= state.budget
       ? `Budget of ${state.budget} labels reached. Click the overview to label any position, or train and preview.`
@@ -177,6 +192,7 @@ function renderPattern() {
   }
   empty.hidden = true;
   img.hidden = false;
+  $("pattern-wrap").hidden = false;
   $("position").textContent = `x=${cur.x}, y=${cur.y}`;
   $("position").dataset.x = cur.x;
   $("position").dataset.y = cur.y;
@@ -255,10 +271,15 @@ function drawOverview() {
   if (!state || !overviewImage) return;
   const { rows, cols } = state.scan;
   const wrap = $("overview-wrap");
-  cellSize = Math.max(3, Math.min(24, Math.floor((wrap.clientWidth - 2) / cols), Math.floor(0.6 * window.innerHeight / rows)));
+  // Shown size: the panel's whole width (or 60% of the window's height for tall scans), whatever the
+  // scan size; drawn at a whole number of canvas pixels per position, then scaled to that size.
+  const fit = Math.max(3, Math.min(wrap.clientWidth / cols, (0.6 * window.innerHeight) / rows));
+  cellSize = Math.max(3, Math.min(24, Math.ceil(fit)));
   const s = cellSize;
   const canvas = $("overview");
   if (canvas.width !== cols * s || canvas.height !== rows * s) { canvas.width = cols * s; canvas.height = rows * s; }
+  canvas.style.width = `${cols * fit}px`;
+  canvas.style.height = `${rows * fit}px`;
   const ctx = canvas.getContext("2d");
   ctx.imageSmoothingEnabled = false;
   ctx.globalAlpha = 1;
@@ -337,6 +358,7 @@ function onKey(event) {
   const key = event.key.length === 1 ? event.key.toUpperCase() : event.key;
   if (key === "+" || key === "=") { setZoom(0.5); event.preventDefault(); return; }
   if (key === "-") { setZoom(-0.5); event.preventDefault(); return; }
+  if (event.repeat) { event.preventDefault(); return; }  // a held key labels once, not once per repeat
   if (key === "U") { undo(); event.preventDefault(); return; }
   if (key === "S") { skip(); event.preventDefault(); return; }
   const c = state.classes.find((c) => c.letter === key || c.digit === key);
