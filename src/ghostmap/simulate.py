@@ -527,11 +527,45 @@ def _resolve(scan_shape, detector, seed, truth, params) -> tuple[np.ndarray, Sim
 def simulate_scan(scan_shape: tuple[int, int] = (34, 206), detector: int = 128, seed: int = 0,
                   truth: np.ndarray | None = None, noise_seed: int | None = None,
                   **params) -> tuple[np.ndarray, np.ndarray]:
-    """Simulate a whole scan in memory: (data uint16 (rows, cols, det, det), truth (rows, cols) str).
+    """Simulate a boracite-like 4D-STEM scan in memory, with its ground truth.
 
-    ``params`` are :class:`SimulationParams` fields. Without ``truth`` a domain map is drawn
-    with :func:`domain_map` (same ``seed``, ``wall_width`` from params); a given ``truth``
-    sets the scan shape.
+    Each pattern holds a lattice of Bragg disks, the faint ghost disks of its domain's
+    polarization (none on the walls), descan drift, hot pixels and counting noise.
+
+    Parameters
+    ----------
+    scan_shape : tuple of int, optional
+        (rows, cols) of the scan; ignored when ``truth`` is given.
+    detector : int, optional
+        Detector size N (N x N pixels).
+    seed : int, optional
+        Seed of the domain map and of the noise (unless ``noise_seed``).
+    truth : numpy.ndarray, optional
+        (rows, cols) class names to simulate, e.g. from :func:`moving_domain_maps`; by
+        default a random domain map is drawn.
+    noise_seed : int, optional
+        Seed of the counting noise alone (another scan of the same sample).
+    **params
+        Fields of :class:`ghostmap.simulate.SimulationParams` (``dose``, ``wall_width``, ...).
+
+    Returns
+    -------
+    data : numpy.ndarray
+        (rows, cols, N, N) uint16 counts.
+    truth : numpy.ndarray
+        (rows, cols) class names: ``none``, ``vertical`` or ``horizontal``.
+
+    Raises
+    ------
+    GhostmapError
+        For an unknown or invalid parameter.
+
+    Examples
+    --------
+    >>> import ghostmap as gm
+    >>> data, truth = gm.simulate_scan((6, 8), detector=32, seed=0)
+    >>> data.shape, data.dtype, truth.shape
+    ((6, 8, 32, 32), dtype('uint16'), (6, 8))
     """
     truth, sim = _resolve(scan_shape, detector, seed, truth, params)
     data = simulate_patterns(truth, range(truth.shape[0]), sim, seed, noise_seed)
@@ -545,10 +579,48 @@ def write_simulated_scan(path: str | os.PathLike, scan_shape: tuple[int, int] = 
                          **params) -> np.ndarray:
     """Stream a simulated scan to ``path`` (.npy or .h5/.hdf5) row by row; return the truth map.
 
-    Memory stays bounded (one pattern row plus a few cached templates). The file is written
-    under a temporary name beside ``path`` and renamed over it only when complete. HDF5 data
-    go to dataset '/data', chunked one pattern row per chunk unless ``chunks`` says otherwise,
-    uncompressed, with the parameters and seed as attributes.
+    Memory stays bounded (one pattern row plus a few cached templates), so paper-size and
+    larger scans can be made. The file is written under a temporary name beside ``path``
+    and renamed over it only when complete.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file to write.
+    scan_shape : tuple of int, optional
+        (rows, cols) of the scan; ignored when ``truth`` is given.
+    detector : int, optional
+        Detector size N (N x N pixels).
+    seed : int, optional
+        Seed of the domain map and of the noise (unless ``noise_seed``).
+    truth : numpy.ndarray, optional
+        (rows, cols) class names to simulate; by default a random domain map is drawn.
+    fmt : {'npy', 'h5'}, optional
+        The format; by default from the suffix.
+    chunks : tuple of int, optional
+        HDF5 chunk shape (default: one pattern row per chunk). HDF5 data go to dataset
+        ``/data``, uncompressed, with the parameters and seed as attributes.
+    progress : callable, optional
+        ``progress(rows_done, rows)`` after each scan row.
+    noise_seed : int, optional
+        Seed of the counting noise alone.
+    **params
+        Fields of :class:`ghostmap.simulate.SimulationParams`.
+
+    Returns
+    -------
+    numpy.ndarray
+        (rows, cols) class names: the ground truth.
+
+    Raises
+    ------
+    GhostmapError
+        For a suffix that names no supported format, or an invalid parameter.
+
+    Examples
+    --------
+    >>> import ghostmap as gm
+    >>> truth = gm.write_simulated_scan("sim/scan.npy", (34, 206), detector=128)  # doctest: +SKIP
     """
     path = Path(path)
     if fmt is None:
@@ -595,14 +667,41 @@ def write_simulated_scan(path: str | os.PathLike, scan_shape: tuple[int, int] = 
 
 def moving_domain_maps(scan_shape: tuple[int, int] = (34, 206), n_steps: int = 5, wall_shift: int = 2,
                        seed: int = 0, wall_width: float = 3.0, stripe_period: int | None = None) -> np.ndarray:
-    """(T, rows, cols) domain maps of an in-situ series whose walls move ``wall_shift`` columns per step.
+    """Domain maps of an in-situ series whose walls move ``wall_shift`` columns per step.
 
-    By default one random map (:func:`domain_map`) wider than the scan is seen through a
-    window that slides ``wall_shift`` columns per step, so every wall moves rigidly; its
-    displacement along its own normal is ``wall_shift`` times the cosine of its angle to
-    the rows. With ``stripe_period`` the domains are vertical stripes (each half a period
-    wide, 'horizontal' then 'vertical', walls ``wall_width`` wide between them), whose walls
-    move exactly ``wall_shift`` positions along their normal per step.
+    By default one random map wider than the scan is seen through a window that slides
+    ``wall_shift`` columns per step, so every wall moves rigidly; its displacement along
+    its own normal is ``wall_shift`` times the cosine of its angle to the rows. With
+    ``stripe_period`` the domains are vertical stripes (each half a period wide,
+    'horizontal' then 'vertical', walls ``wall_width`` wide between them), whose walls move
+    exactly ``wall_shift`` positions along their normal per step.
+
+    Parameters
+    ----------
+    scan_shape : tuple of int, optional
+        (rows, cols) of each scan.
+    n_steps : int, optional
+        Number of steps T.
+    wall_shift : int, optional
+        Scan columns the walls move per step.
+    seed : int, optional
+        Seed of the random domain map.
+    wall_width : float, optional
+        Width of the walls (class ``none``), in probe positions.
+    stripe_period : int, optional
+        Vertical stripes of this period instead of a random map.
+
+    Returns
+    -------
+    numpy.ndarray
+        (T, rows, cols) class names; pass each to :func:`simulate_scan` as ``truth``.
+
+    Examples
+    --------
+    >>> import ghostmap as gm
+    >>> maps = gm.moving_domain_maps((12, 48), n_steps=3, wall_shift=3, stripe_period=24)
+    >>> maps.shape
+    (3, 12, 48)
     """
     rows, cols = (int(v) for v in scan_shape)
     n_steps, wall_shift = int(n_steps), int(wall_shift)

@@ -27,7 +27,33 @@ DEFAULT_PATTERNS = tuple(f"*{s}" for s in (".npy",) + HDF5_SUFFIXES + ZARR_SUFFI
 
 @dataclass
 class WatchOptions:
-    """How to watch: which names, how long a file must be unchanged, when to stop."""
+    """How to watch: which names, how long a file must be unchanged, when to stop.
+
+    Parameters
+    ----------
+    patterns : tuple of str
+        Glob patterns of the scan files to pick up.
+    settle : float
+        Seconds a file's size and modification time must stay the same before it is read.
+    poll : float
+        Seconds between looks at the folder.
+    incomplete_after : float
+        Seconds an unchanging file may stay unreadable before it is reported and skipped.
+    stop_after : int, optional
+        Stop after this many new steps.
+    idle_exit : float, optional
+        Stop after this many seconds with nothing new or pending.
+    dataset : str, optional
+        The dataset inside HDF5/EMD/zarr files.
+    scan_shape : tuple of int, optional
+        (rows, cols) for formats that do not store it (``.mib``).
+
+    Examples
+    --------
+    >>> import ghostmap as gm
+    >>> gm.WatchOptions(settle=5, idle_exit=600).settle
+    5
+    """
 
     patterns: tuple[str, ...] = DEFAULT_PATTERNS
     settle: float = 2.0  # seconds a file's size and mtime must stay the same
@@ -168,7 +194,41 @@ class Watcher:
 
 def watch_folder(folder: str | os.PathLike, model: Model | str | os.PathLike, out_dir: str | os.PathLike,
                  options: WatchOptions | None = None, **kwargs) -> SeriesWriter:
-    """Watch ``folder`` and classify each complete new scan into the series in ``out_dir``."""
+    """Watch ``folder`` and classify each complete new scan into the series in ``out_dir``.
+
+    A file is read once it has stopped changing for ``options.settle`` seconds and opens as
+    a whole scan; hidden and partial names (``.part``, ``.tmp``) are ignored. A restart
+    skips every file already in the series.
+
+    Parameters
+    ----------
+    folder : str or os.PathLike
+        The acquisition folder.
+    model : Model, str or os.PathLike
+        The model, or its folder.
+    out_dir : str or os.PathLike
+        The series folder (as :func:`predict_series` writes it).
+    options : WatchOptions, optional
+        Which files, how long to wait, when to stop (by default: forever).
+    **kwargs
+        Passed to :class:`ghostmap.watch.Watcher` (``predict_step``, ``report``).
+
+    Returns
+    -------
+    SeriesWriter
+        The series folder's writer, when the watch stops (``stop_after``, ``idle_exit``).
+
+    Raises
+    ------
+    GhostmapError
+        When ``folder`` is not a folder, ``out_dir`` lies inside it, or ``out_dir`` was made
+        with another model.
+
+    Examples
+    --------
+    >>> import ghostmap as gm
+    >>> gm.watch_folder("/data/session42", "model", "maps", gm.WatchOptions(idle_exit=600))  # doctest: +SKIP
+    """
     if not isinstance(model, Model):
         model = Model.load(model)
     return Watcher(Path(folder), model, Path(out_dir), options or WatchOptions(), **kwargs).run()
