@@ -2,8 +2,8 @@
 from the source tree, it runs ``ghostmap --version``, ``ghostmap label --help`` and serves the
 label page's files.
 
-The wheel is built with ``--no-deps --no-build-isolation`` (the test venv's setuptools, no
-network). The fresh venv gets only the wheel; its dependencies come from the test venv's
+The wheel is built from a copy of the sources with ``--no-deps --no-build-isolation`` (the
+test venv's setuptools, no network). The fresh venv gets only the wheel; its dependencies come from the test venv's
 site-packages through a ``.pth`` line, where the editable install of the source tree is not
 active (``.pth`` files in a directory added that way are not processed), so ``import ghostmap``
 can only find the installed wheel.
@@ -12,6 +12,7 @@ can only find the installed wheel.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -36,8 +37,13 @@ def _run(cmd, cwd, timeout=300):
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
+    """Built from a copy of the sources, so that no stale build/ folder of the checkout leaks into it."""
+    source = tmp_path_factory.mktemp("source")
+    shutil.copytree(ROOT / "src", source / "src", ignore=shutil.ignore_patterns("*.egg-info", "__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, source / name)
     out = tmp_path_factory.mktemp("wheel")
-    r = _run([sys.executable, "-m", "pip", "wheel", ROOT, "--no-deps", "--no-build-isolation", "-q", "-w", out],
+    r = _run([sys.executable, "-m", "pip", "wheel", source, "--no-deps", "--no-build-isolation", "-q", "-w", out],
              cwd=out)
     assert r.returncode == 0, r.stderr
     (path,) = out.glob("ghostmap-*.whl")

@@ -117,6 +117,7 @@ def save_prediction(out_dir: str | Path, prediction: Prediction, title: str = ""
         Image.fromarray(rgb, "RGB").save(tmp, format="png")
     with atomic_path(paths["summary"]) as tmp:
         summary_figure(prediction, title).savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+    logger.debug("wrote %s", ", ".join(str(p) for p in paths.values()))
     return paths
 
 
