@@ -105,6 +105,9 @@ def _api_page() -> None:
         else:
             lines += [f".. autofunction:: ghostmap.{name}"]
         lines += [""]
+    lines += ["The label page", "--------------", "",
+              "``ghostmap.webapp`` needs the ``web`` extra (``pip install 'ghostmap[web]'``).", "",
+              ".. autofunction:: ghostmap.webapp.create_app", ""]
     _write_if_changed(HERE / "api.rst", "\n".join(lines))
 
 

@@ -161,13 +161,55 @@ def create_app(
     allowed_hosts: Iterable[str] | None = LOCAL_HOSTS,
     max_body: int = MAX_BODY_BYTES,
 ) -> FastAPI:
-    """The label app for ``scan`` (a path, or anything :func:`ghostmap.reading.as_scan` takes) and ``labels_path``.
+    """The label page's FastAPI application for one scan and one label file.
 
-    ``classes`` default to the label file's or horizontal, vertical, none; ``budget``,
-    ``strategy``, ``step`` and ``seed`` go to :func:`ghostmap.sampling.propose`;
-    ``training`` to :func:`ghostmap.training.train`. A scan given as a path is opened
-    here and closed when the app shuts down. ``allowed_hosts=None`` answers any Host
-    header (for ``--host 0.0.0.0``).
+    Every label is written to ``labels_path`` the moment it is given (atomically); skips,
+    the undo history and the open position go to a ``.session.json`` file beside it. No
+    request names a path: only these two files are ever touched.
+
+    Parameters
+    ----------
+    scan : str, os.PathLike or array_like
+        The scan: a path (opened here and closed when the app shuts down), or anything
+        :func:`ghostmap.as_scan` takes.
+    labels_path : str or os.PathLike
+        The CSV label file to read and write (created if missing).
+    classes : iterable of str, optional
+        Class names; by default the label file's, or horizontal, vertical, none.
+    budget : int, optional
+        Labels the sampler proposes in all.
+    strategy : {'adaptive', 'random'}, optional
+        The sampler's strategy (see :func:`ghostmap.propose`).
+    step : int, optional
+        Coarse grid step of the adaptive sampler; by default from the scan size and budget.
+    seed : int, optional
+        The sampler's seed.
+    training : TrainingOptions, optional
+        Options of "Train and preview" (see :func:`ghostmap.train`).
+    dataset : str, optional
+        The 4-D dataset inside an HDF5/EMD/zarr file.
+    allowed_hosts : iterable of str, optional
+        Host header names the app answers to (a guard against DNS rebinding); None
+        answers any (for ``--host 0.0.0.0``).
+    max_body : int, optional
+        Largest request body accepted, in bytes.
+
+    Returns
+    -------
+    fastapi.FastAPI
+        The application; serve it with uvicorn (``ghostmap label`` does).
+
+    Raises
+    ------
+    GhostmapError
+        When the scan or the label file cannot be read.
+
+    Examples
+    --------
+    >>> import uvicorn
+    >>> from ghostmap.webapp import create_app
+    >>> app = create_app("scan.h5", "labels.csv", budget=50)  # doctest: +SKIP
+    >>> uvicorn.run(app, host="127.0.0.1", port=8000)  # doctest: +SKIP
     """
     session, owned = _open_session(scan, labels_path, dataset, classes=classes, budget=budget, strategy=strategy,
                                    step=step, seed=seed, training=training)
