@@ -294,6 +294,16 @@ def test_info_preview_writes_png(cli, small_sim, tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name != "p.png"], "temporary files left behind"
 
 
+def test_version(cli):
+    import ghostmap
+
+    r = cli("--version")
+    assert (r.code, r.out, r.err) == (0, f"ghostmap {ghostmap.__version__}\n", "")
+    proc = subprocess.run([sys.executable, "-m", "ghostmap", "--version"], capture_output=True, text=True, timeout=120)
+    assert (proc.returncode, proc.stdout) == (0, r.out)
+    assert "--version" in cli("--help").out
+
+
 def test_python_dash_m_runs_the_cli(small_sim):
     r = run_process("info", small_sim["scan"])
     assert r.code == 0, r.err
