@@ -80,13 +80,14 @@ import scipy.ndimage as ndi
 
 from .atomic import atomic_path, write_text
 from .errors import GhostmapError
-from .prediction import Prediction
-from .preprocessing import Preprocessing, block_rows, find_bad_pixels
-from .reading import as_scan, bright_field_mask, max_pattern, mean_pattern
+from .detector import find_bad_pixels
+from .reading import as_scan, bright_field_mask, max_pattern, mean_and_max_pattern, mean_pattern
+from .reading import rows_per_block as _rows_fitting
+from .result import Prediction
 
 __all__ = [
     "METHODS", "VDF_CLASSES", "Lattice", "Apertures", "BaselineResult", "find_lattice", "ghost_apertures",
-    "read_apertures", "aperture_weights", "disk_centroids", "origin_shifts", "vdf_sums", "cluster_features",
+    "read_apertures", "aperture_weights", "disk_centroids", "origin_shifts", "vdf_sums", "sparse_vdf_sums", "cluster_features",
     "signal_components", "pool_map", "contrast_map", "classify_contrast",
     "vdf_baseline", "cluster_baseline", "run_baseline", "save_baseline",
 ]
@@ -96,6 +97,11 @@ VDF_CLASSES = ("none", "vertical", "horizontal")
 BASELINE_FILE = "baseline.npz"
 CONTRAST_FILE = "contrast.png"
 APERTURES_FILE = "apertures.json"
+
+
+def block_rows(scan) -> int:
+    """Scan rows per read: as :func:`ghostmap.preprocessing.block_rows` (32 MB raw), without importing PyTorch."""
+    return _rows_fitting(scan, 32 * 2**20)
 
 
 # --------------------------------------------------------------------------- lattice and apertures
@@ -390,15 +396,41 @@ def origin_shifts(scan, center: tuple[float, float], radius: float, live: np.nda
     """
     scan = as_scan(scan)
     n_rows, n_cols = scan.scan_shape
+    rows, cols = scan.detector_shape
     out = np.zeros((n_rows, n_cols, 2))
+    # disk_centroids looks only at this window around the start: read nothing else
+    h = int(np.ceil(2 * (radius + 1.0))) + 1
+    r0, r1 = max(0, int(center[0]) - h), min(rows, int(center[0]) + h + 2)
+    c0, c1 = max(0, int(center[1]) - h), min(cols, int(center[1]) + h + 2)
+    window_live = live[r0:r1, c0:c1] if live is not None else None
     step = rows_per_block or block_rows(scan)
-    for start in range(0, n_rows, step):
-        stop = min(start + step, n_rows)
-        raw = scan.read_rows(start, stop).reshape(-1, *scan.detector_shape)
-        out[start:stop] = disk_centroids(raw, center, radius, live, level=level).reshape(stop - start, n_cols, 2)
+    blocks = [(b, min(b + step, n_rows)) for b in range(0, n_rows, step)]
+    for (start, stop), box in _prefetched(lambda b: _read_window(scan, *b, r0, r1, c0, c1), blocks):
+        box = box.reshape(-1, r1 - r0, c1 - c0)
+        found = disk_centroids(box, (center[0] - r0, center[1] - c0), radius, window_live, level=level)
+        out[start:stop] = (found + (r0, c0)).reshape(stop - start, n_cols, 2)
     if smooth > 0:
         out = ndi.gaussian_filter(out, sigma=(smooth, smooth, 0), mode="nearest")
     return out - out.reshape(-1, 2).mean(0)
+
+
+def _read_window(scan, start: int, stop: int, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
+    """The detector window [r0:r1, c0:c1] of every pattern in scan rows [start, stop).
+
+    A ``.npy`` is mapped afresh for each block and unmapped after it, so only the window's pages
+    are touched and none stays resident in this process; other formats are sliced (HDF5 reads
+    just the window).
+    """
+    data = scan.data
+    if isinstance(data, np.memmap) and getattr(data, "filename", None) is not None and data.flags.c_contiguous:
+        row_bytes = int(np.prod(data.shape[1:])) * data.dtype.itemsize
+        block = np.memmap(data.filename, dtype=data.dtype, mode="r", offset=data.offset + start * row_bytes,
+                          shape=(stop - start, *data.shape[1:]))
+        window = np.array(block[:, :, r0:r1, c0:c1])
+        del block  # the last reference: unmapped here
+    else:
+        window = np.asarray(data[start:stop, :, r0:r1, c0:c1])
+    return window if window.dtype.isnative else window.astype(window.dtype.newbyteorder("="))
 
 
 def vdf_sums(scan, weights, shifts: np.ndarray | None = None, quantum: float = 0.25,
@@ -436,6 +468,135 @@ def vdf_sums(scan, weights, shifts: np.ndarray | None = None, quantum: float = 0
                 out = np.zeros((n_rows * n_cols, w.shape[1]), np.float64)
             idx = np.flatnonzero(inverse == u)
             out[start * n_cols + idx] = raw[idx].astype(np.float32) @ w
+        if progress:
+            progress(stop * n_cols, n_rows * n_cols)
+    return out.reshape(n_rows, n_cols, -1)
+
+
+def _disk_pixels(center_row: float, center_col: float, radius: float, detector_shape: tuple[int, int],
+                 offset: tuple[float, float] = (0.0, 0.0)) -> tuple[np.ndarray, np.ndarray]:
+    """Flat indices and weights of one anti-aliased disk, rendered over its bounding box only.
+
+    The weight is ``clip(radius - distance + 0.5, 0, 1)``, computed as :func:`aperture_weights`
+    does over the whole detector (``offset`` is subtracted after the centre, as the central
+    disk's drift is), so the two agree to the last bit.
+    """
+    rows, cols = detector_shape
+    r_lo, c_lo = center_row + offset[0], center_col + offset[1]
+    reach = radius + 0.5
+    r0, r1 = max(0, int(np.floor(r_lo - reach))), min(rows, int(np.ceil(r_lo + reach)) + 1)
+    c0, c1 = max(0, int(np.floor(c_lo - reach))), min(cols, int(np.ceil(c_lo + reach)) + 1)
+    if r0 >= r1 or c0 >= c1:
+        return np.zeros(0, np.int64), np.zeros(0)
+    yy, xx = np.meshgrid(np.arange(r0, r1, dtype=np.float64), np.arange(c0, c1, dtype=np.float64), indexing="ij")
+    w = np.clip(radius - np.hypot(yy - center_row - offset[0], xx - center_col - offset[1]) + 0.5, 0.0, 1.0)
+    keep = w > 0
+    flat = (yy[keep].astype(np.int64) * cols + xx[keep].astype(np.int64))
+    return flat, w[keep]
+
+
+def _union_max(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Pixels of several disks as one set, the largest weight where they overlap (as ``np.maximum`` does)."""
+    if not parts:
+        return np.zeros(0, np.int64), np.zeros(0)
+    flat = np.concatenate([p[0] for p in parts])
+    weights = np.concatenate([p[1] for p in parts])
+    pixels, inverse = np.unique(flat, return_inverse=True)
+    out = np.zeros(len(pixels))
+    np.maximum.at(out, inverse.reshape(-1), weights)
+    return pixels, out
+
+
+def _sparse_detectors(apertures: Apertures, bf_center: tuple[float, float], bf_radius: float, live: np.ndarray):
+    """``render(d_row, d_col) -> (pixels (P,), weights (P, 3) float32)``: the horizontal and vertical
+    apertures and the central disk moved by the drift, as the few detector pixels they cover.
+
+    The same weights as rendering each over the whole detector (:func:`aperture_weights`) and
+    masking bad pixels, for a few thousand pixels instead of 3 x 262,144 at 512 x 512.
+    """
+    det = live.shape
+    live_flat = live.reshape(-1)
+
+    def render(dy: float, dx: float) -> tuple[np.ndarray, np.ndarray]:
+        sets = [_union_max([_disk_pixels(r + dy, c + dx, apertures.radius, det) for r, c in sites])
+                for sites in (apertures.horizontal, apertures.vertical)]
+        sets.append(_disk_pixels(bf_center[0], bf_center[1], bf_radius, det, offset=(dy, dx)))
+        pixels = np.unique(np.concatenate([p for p, _ in sets]))
+        weights = np.zeros((len(pixels), len(sets)), np.float64)
+        for j, (p, w) in enumerate(sets):
+            weights[np.searchsorted(pixels, p), j] = w
+        weights *= live_flat[pixels, None]
+        used = weights.any(1)
+        return pixels[used], weights[used].astype(np.float32)
+
+    return render
+
+
+def _prefetched(read, blocks):
+    """Yield ``(block, read(block))``, reading the next block in a background thread meanwhile
+    (file reads and NumPy's reductions release the GIL, so the two overlap on two cores)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(read, blocks[0]) if blocks else None
+        for i, block in enumerate(blocks):
+            done = pending.result()
+            pending = pool.submit(read, blocks[i + 1]) if i + 1 < len(blocks) else None
+            yield block, done
+            del done
+
+
+def _pattern_totals(raw: np.ndarray, bad_flat: np.ndarray, det_cols: int) -> np.ndarray:
+    """(n,) exact sum of each flat pattern (n, pixels) over its good pixels."""
+    if raw.dtype.kind in "iu" and raw.dtype.itemsize <= 2 and det_cols < 2**15:
+        # a detector row's sum fits 32 bits exactly (and sums faster than in 64); the rows' sums go to 64
+        row_sums = raw.reshape(raw.shape[0], -1, det_cols).sum(-1, dtype=np.int32 if raw.dtype.kind == "i" else np.uint32)
+        total = row_sums.sum(-1, dtype=np.int64).astype(np.float64)
+    else:
+        total = raw.sum(-1, dtype=np.float64)
+    if len(bad_flat):
+        total -= raw[:, bad_flat].sum(-1, dtype=np.float64)
+    return total
+
+
+def sparse_vdf_sums(scan, render, shifts: np.ndarray, quantum: float = 0.25, bad: np.ndarray | None = None,
+                    rows_per_block: int | None = None,
+                    progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+    """Stream the scan once: (rows, cols, M + 1) virtual-detector sums of every pattern, the last
+    one over the whole detector's good pixels (not ``bad``).
+
+    ``render(d_row, d_col) -> (pixels (P,), weights (P, M))`` gives the virtual detectors moved
+    with the pattern as flat detector pixels and their weights; shifts (rows, cols, 2) are rounded
+    to ``quantum`` pixels and each distinct one rendered once. Only those pixels of each pattern
+    are gathered, so the cost is the read plus one sum per pattern, not a matrix product over the
+    whole detector. The same sums as :func:`vdf_sums` with the dense weights.
+    """
+    scan = as_scan(scan)
+    n_rows, n_cols = scan.scan_shape
+    keys = np.round(np.asarray(shifts) / quantum).astype(np.int64)
+    bad_flat = np.flatnonzero(bad) if bad is not None else np.zeros(0, np.int64)
+    cache: dict = {}
+    out = None
+    step = rows_per_block or block_rows(scan)
+    blocks = [(b, min(b + step, n_rows)) for b in range(0, n_rows, step)]
+    for (start, stop), raw in _prefetched(lambda b: scan.read_rows(*b), blocks):
+        raw = raw.reshape((stop - start) * n_cols, -1)
+        block_keys = keys[start:stop].reshape(-1, 2)
+        uniq, inverse = np.unique(block_keys, axis=0, return_inverse=True)
+        inverse = np.asarray(inverse).reshape(-1)
+        sums = None
+        for u, key in enumerate(map(tuple, uniq)):
+            if key not in cache:
+                cache[key] = render(key[0] * quantum, key[1] * quantum)
+            pixels, weights = cache[key]
+            if sums is None:
+                sums = np.zeros((raw.shape[0], weights.shape[1] + 1), np.float64)
+            idx = np.flatnonzero(inverse == u)
+            sums[idx, :-1] = raw[np.ix_(idx, pixels)].astype(np.float32) @ weights
+        sums[:, -1] = _pattern_totals(raw, bad_flat, scan.detector_shape[1])
+        if out is None:
+            out = np.zeros((n_rows * n_cols, sums.shape[1]), np.float64)
+        out[start * n_cols : stop * n_cols] = sums
         if progress:
             progress(stop * n_cols, n_rows * n_cols)
     return out.reshape(n_rows, n_cols, -1)
@@ -569,8 +730,8 @@ def vdf_baseline(scan, apertures: Apertures | None = None, radius: float | None 
     if int(pool) < 1:
         raise GhostmapError(f"pool must be at least 1, got {pool}")
     det = scan.detector_shape
-    mean = mean_pattern(scan)
-    bad, bad_pixels = _bad_mask(mean, max_pattern(scan))
+    mean, maximum = mean_and_max_pattern(scan)
+    bad, bad_pixels = _bad_mask(mean, maximum)
     clean = _clean_mean(mean, bad)
     lattice = None
     if apertures is None:
@@ -580,22 +741,13 @@ def vdf_baseline(scan, apertures: Apertures | None = None, radius: float | None 
         if radius is not None:
             apertures = Apertures(apertures.horizontal, apertures.vertical, radius, apertures.lattice)
         apertures.check(det)
-    live = (~bad).astype(np.float64)
     bf, bf_center, bf_radius, _ = _central_disk(clean)
-    yy, xx = np.indices(det, dtype=np.float64)
-
-    def render(dy: float, dx: float) -> np.ndarray:
-        moved = Apertures(apertures.horizontal + (dy, dx), apertures.vertical + (dy, dx), apertures.radius)
-        w_h, w_v = aperture_weights(moved, det)
-        disk = np.clip(bf_radius - np.hypot(yy - bf_center[0] - dy, xx - bf_center[1] - dx) + 0.5, 0, 1)
-        return np.stack([w_h * live, w_v * live, disk * live, live])
-
+    render = _sparse_detectors(apertures, bf_center, bf_radius, ~bad)
     if descan:
-        shifts = origin_shifts(scan, bf_center, bf_radius, live)
-        sums = vdf_sums(scan, render, shifts, progress=progress)
+        shifts = origin_shifts(scan, bf_center, bf_radius, ~bad)
     else:
         shifts = np.zeros((*scan.scan_shape, 2))
-        sums = vdf_sums(scan, render(0.0, 0.0), progress=progress)
+    sums = sparse_vdf_sums(scan, render, shifts, bad=bad, progress=progress)
     s_h, s_v, s_bf, total = np.moveaxis(sums, -1, 0)
     contrast = contrast_map(s_h, s_v, total, pool=int(pool))
     labels, prob, info = classify_contrast(contrast, none_band=none_band)
@@ -644,6 +796,8 @@ def cluster_features(scan, rows: tuple[int, int], bad_pixels, bin: int, pool: in
     half = pool // 2
     lo, hi = max(0, start - half), min(n_rows, stop + half)
     raw = scan.read_rows(lo, hi)
+    from .preprocessing import Preprocessing  # PyTorch: only clustering needs it
+
     fill = Preprocessing(bin=1, pool=1, bad_pixels=bad_pixels)
     x = fill.reduce(raw.reshape(-1, *scan.detector_shape)).numpy()
     if shifts is not None:

@@ -20,7 +20,7 @@ from PIL import Image  # noqa: E402
 
 from .atomic import atomic_path  # noqa: E402
 from .errors import GhostmapError  # noqa: E402
-from .prediction import Prediction  # noqa: E402
+from .result import Prediction  # noqa: E402
 
 PREDICTIONS_FILE = "predictions.npz"
 DOMAIN_MAP_FILE = "domain_map.png"

@@ -19,28 +19,10 @@ import torch
 
 from .errors import GhostmapError
 from .model import Model
+from .result import Prediction
 from .preprocessing import stream_rows
 from .reading import as_scan, bright_field_mask
 from .training import pick_device
-
-
-@dataclass
-class Prediction:
-    """Per-position results: ``labels`` (rows, cols) class indices, ``probabilities`` (rows, cols, C)."""
-
-    labels: np.ndarray
-    probabilities: np.ndarray
-    classes: tuple[str, ...]
-    bright_field: np.ndarray | None = None
-
-    @property
-    def confidence(self) -> np.ndarray:
-        """The winning class's probability at each position."""
-        return self.probabilities.max(axis=-1)
-
-    def label_names(self) -> np.ndarray:
-        """(rows, cols) array of class names."""
-        return np.asarray(self.classes)[self.labels]
 
 
 def reuse_freed_memory(mmap_threshold: int = 256 * 2**20, trim_threshold: int = 512 * 2**20) -> bool:

@@ -25,9 +25,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterator
 
 import numpy as np
-import scipy.ndimage as ndi
 import torch
 
+from .detector import find_bad_pixels
 from .errors import GhostmapError
 
 TRANSFORMS = ("sqrt", "log", "gamma", "none")
@@ -285,24 +285,6 @@ def _neighbour_table(bad_pixels, shape, all_bad=None):
                 weights[i, j] = 1.0
     bad = torch.as_tensor([r * cols + c for r, c in pts], dtype=torch.int64)
     return bad, torch.as_tensor(neighbours), torch.as_tensor(weights)
-
-
-def find_bad_pixels(mean: np.ndarray, maximum: np.ndarray, hot_ratio: float = 10.0) -> list[tuple[int, int]]:
-    """Hot pixels and dead pixels/columns from a scan's mean and maximum patterns.
-
-    Hot: the mean count is ``hot_ratio`` times above the local 5 x 5 median (plus one count),
-    which real features (disks several pixels wide) never are. Dead: never counted
-    anything although the neighbourhood did.
-    """
-    mean = np.asarray(mean, dtype=np.float64)
-    maximum = np.asarray(maximum, dtype=np.float64)
-    local = ndi.median_filter(mean, size=5, mode="nearest")
-    # a dead column makes its own neighbourhood median small; look sideways for it
-    side = np.maximum(ndi.shift(local, (0, 2), order=0, mode="nearest"), ndi.shift(local, (0, -2), order=0, mode="nearest"))
-    hot = mean > hot_ratio * (local + 1.0)
-    dead = (maximum <= 0) & (np.maximum(local, side) > 0.05)
-    rows, cols = np.nonzero(hot | dead)
-    return [(int(r), int(c)) for r, c in zip(rows, cols)]
 
 
 # --- applied to a scan --------------------------------------------------------------------
