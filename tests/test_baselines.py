@@ -11,8 +11,8 @@ import scipy.ndimage as ndi
 from PIL import Image
 
 from ghostmap.baselines import (
-    VDF_CLASSES, Apertures, _sparse_detectors, aperture_weights, classify_contrast, cluster_baseline, contrast_map,
-    disk_centroids, find_lattice, ghost_apertures, pool_map, read_apertures, save_baseline, sparse_vdf_sums,
+    VDF_CLASSES, Apertures, _mean_and_max, _vdf_detectors, aperture_weights, classify_contrast, cluster_baseline, contrast_map,
+    disk_centroids, find_lattice, ghost_apertures, pool_map, read_apertures, save_baseline, fast_vdf_sums,
     vdf_baseline, vdf_sums,
 )
 from ghostmap.cli import main
@@ -113,10 +113,13 @@ def _dense_vdf_the_old_way(data, apertures, live, bf_center, bf_radius):
     return shifts, vdf_sums(scan, render, shifts)
 
 
-def test_sparse_vdf_gives_the_dense_sums_and_the_same_map(drifting):
+def test_fast_vdf_gives_the_dense_sums_and_the_same_map(drifting):
     data, _ = drifting
     result = vdf_baseline(data)
     mean, maximum = mean_and_max_pattern(as_scan(data))
+    fast_mean, fast_max = _mean_and_max(as_scan(data), max_patterns=600)  # a subset of rows, as on big scans
+    slow_mean, slow_max = mean_and_max_pattern(as_scan(data), max_patterns=600)
+    assert np.array_equal(fast_mean, slow_mean) and np.array_equal(fast_max, slow_max)
     bad = np.zeros(mean.shape, bool)
     for r, c in find_bad_pixels(mean, maximum):
         bad[r, c] = True
@@ -133,7 +136,7 @@ def test_sparse_vdf_gives_the_dense_sums_and_the_same_map(drifting):
     assert np.array_equal(result.prediction.labels, old)
 
 
-def test_sparse_detectors_match_dense_ones_with_overlaps_and_bad_pixels(drifting):
+def test_vdf_detectors_match_dense_ones_with_overlaps_and_bad_pixels(drifting):
     """Overlapping apertures keep the larger weight, bad pixels count nowhere, shifts move everything."""
     data, _ = drifting
     scan = as_scan(data[:4])
@@ -144,7 +147,7 @@ def test_sparse_detectors_match_dense_ones_with_overlaps_and_bad_pixels(drifting
     live[rng.integers(0, det[0], 30), rng.integers(0, det[1], 30)] = False
     live[21, 22] = False  # inside two overlapping apertures
     shifts = rng.normal(0, 1.5, (*scan.scan_shape, 2))
-    sparse = sparse_vdf_sums(scan, _sparse_detectors(ap, (32.0, 31.5), 6.0, live), shifts, bad=~live)
+    sparse = fast_vdf_sums(scan, _vdf_detectors(ap, (32.0, 31.5), 6.0, live), shifts)
     yy, xx = np.indices(det, dtype=np.float64)
 
     def render(dy, dx):
