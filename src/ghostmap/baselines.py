@@ -70,6 +70,7 @@ Both return a :class:`BaselineResult` whose ``prediction`` is a
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,7 +82,7 @@ import scipy.ndimage as ndi
 from .atomic import atomic_path, write_text
 from .errors import GhostmapError
 from .detector import find_bad_pixels
-from .reading import as_scan, bright_field_mask, max_pattern, mean_and_max_pattern, mean_pattern
+from .reading import as_scan, bright_field_mask, mean_and_max_pattern
 from .reading import rows_per_block as _rows_fitting
 from .result import Prediction
 
@@ -97,6 +98,8 @@ VDF_CLASSES = ("none", "vertical", "horizontal")
 BASELINE_FILE = "baseline.npz"
 CONTRAST_FILE = "contrast.png"
 APERTURES_FILE = "apertures.json"
+
+logger = logging.getLogger(__name__)
 
 
 def block_rows(scan) -> int:
@@ -761,6 +764,9 @@ def vdf_baseline(scan, apertures: Apertures | None = None, radius: float | None 
         shifts = origin_shifts(scan, bf_center, bf_radius, ~bad)
     else:
         shifts = np.zeros((*scan.scan_shape, 2))
+    logger.debug("vdf: %d horizontal + %d vertical apertures of radius %.2f px, drift range %.2f x %.2f px",
+                 len(apertures.horizontal), len(apertures.vertical), apertures.radius,
+                 float(np.ptp(shifts[..., 0])), float(np.ptp(shifts[..., 1])))
     sums = fast_vdf_sums(scan, render, shifts, progress=progress)
     s_h, s_v, s_bf, total = np.moveaxis(sums, -1, 0)
     contrast = contrast_map(s_h, s_v, total, pool=int(pool))
@@ -980,6 +986,7 @@ def _cluster(scan, KMeans, IncrementalPCA, k, pool, n_components, bin, descan, s
         if progress:
             progress((len(sample_rows) + r + 1) * n_cols, total_work)
     n_use = int(n_components) if n_components else signal_components(pca.explained_variance_)
+    logger.debug("cluster: PCA fitted on %d patterns, %d of %d components used", len(sample_rows) * n_cols, n_use, fitted)
     flat = scores.reshape(-1, fitted)[:, :n_use].astype(np.float64)
     km = KMeans(n_clusters=int(k), n_init=10, random_state=int(seed)).fit(flat)
     sizes = np.bincount(km.labels_, minlength=int(k))

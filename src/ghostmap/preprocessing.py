@@ -20,6 +20,7 @@ multi-threaded; pooling works on blocks of shape (scan_row, scan_col, det_row, d
 
 from __future__ import annotations
 
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterator
@@ -29,6 +30,8 @@ import torch
 
 from .detector import find_bad_pixels
 from .errors import GhostmapError
+
+logger = logging.getLogger(__name__)
 
 TRANSFORMS = ("sqrt", "log", "gamma", "none")
 NORMALISATIONS = ("standard", "none")
@@ -358,6 +361,7 @@ def fit_preprocessing(scan, **options) -> Preprocessing:
     mean, maximum = mean_and_max_pattern(scan)
     if not options.get("bad_pixels"):
         prep.bad_pixels = find_bad_pixels(mean, maximum)
+        logger.debug("%d bad detector pixels found", len(prep.bad_pixels))
     if prep.subtract_mean:
         prep.reference = reference_pattern(mean, prep)
     return prep
