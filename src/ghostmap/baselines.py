@@ -16,14 +16,14 @@ Figure 5b compares the CNN against (there done by hand in py4DSTEM). Steps:
    ``c + i a1 + (j + 1/2) a2`` for the *vertical* ones, wherever both neighbours are visible in
    the mean pattern and the aperture lies on the detector. Users can give their own apertures
    (:func:`read_apertures`; the ones used are written to ``apertures.json`` for editing).
-4. Descan (origin) correction, as py4DSTEM users do it: one streaming pass finds the central
-   disk's centroid in every pattern (:func:`origin_shifts`), smoothed over the scan; the
+4. Descan (origin) correction, as py4DSTEM users do it: one streaming pass over a window around
+   the central disk finds its centroid in every pattern (:func:`origin_shifts`), smoothed over the scan; the
    apertures then move with the pattern (shifts rounded to 1/4 pixel). Without it a drift of
    one or two pixels across the scan, small against the disks, moves Bragg-disk edges in and
    out of the apertures and swamps the ghost signal (measured on the simulator: 65-87% inside
    domains instead of 100%). ``descan=False`` turns it off.
-5. One more streaming pass (blocks of rows, :func:`ghostmap.preprocessing.block_rows`; one
-   matrix product per block) sums each pattern inside the horizontal apertures, the vertical
+5. One more streaming pass (blocks of rows, :func:`block_rows`; :func:`fast_vdf_sums`, with each
+   drift position's apertures rendered over their bounding boxes only) sums each pattern inside the horizontal apertures, the vertical
    apertures, the central disk (virtual bright field) and the whole detector. The *contrast* at a probe position is
    ``(sum_h - sum_v) / total``, the sums pooled over the ``pool x pool`` neighbouring positions
    first (edges truncated), as the CNN pools its input.
