@@ -7,25 +7,35 @@ import sys
 
 import numpy as np
 import pytest
+import scipy.ndimage as ndi
 from PIL import Image
 
 from ghostmap.baselines import (
     VDF_CLASSES,
     Apertures,
+    _mean_and_max,
+    _vdf_detectors,
+    aperture_weights,
     classify_contrast,
     cluster_baseline,
+    contrast_map,
+    disk_centroids,
+    fast_vdf_sums,
     find_lattice,
     ghost_apertures,
     pool_map,
     read_apertures,
     save_baseline,
     vdf_baseline,
+    vdf_sums,
 )
 from ghostmap.cli import main
+from ghostmap.detector import find_bad_pixels
 from ghostmap.errors import GhostmapError
 from ghostmap.evaluation import best_permutation_accuracy, evaluate, wall_mask
 from ghostmap.labels import Labels
 from ghostmap.outputs import load_prediction
+from ghostmap.reading import as_scan, bright_field_mask, mean_and_max_pattern
 from ghostmap.simulate import SimulationParams, noiseless_pattern, simulate_scan, write_simulated_scan, write_truth_csv
 
 
@@ -93,6 +103,76 @@ def test_vdf_separates_horizontal_from_vertical(which, request):
     assert (side[truth == "horizontal"] > 0).mean() > 0.95
     assert (side[truth == "vertical"] < 0).mean() > 0.95
     assert result.info["descan"] is True
+
+
+def _dense_vdf_the_old_way(data, apertures, live, bf_center, bf_radius):
+    """The reference: every shift's apertures rendered over the whole detector, centroids found in
+    whole patterns, one dense matrix product per pattern (what vdf_baseline did before it went sparse)."""
+    scan = as_scan(data)
+    det = scan.detector_shape
+    n_rows, n_cols = scan.scan_shape
+    raw = scan.read_rows(0, n_rows).reshape(-1, *det)
+    centroids = disk_centroids(raw, bf_center, bf_radius, live).reshape(n_rows, n_cols, 2)
+    shifts = ndi.gaussian_filter(centroids, sigma=(2, 2, 0), mode="nearest")
+    shifts -= shifts.reshape(-1, 2).mean(0)
+    yy, xx = np.indices(det, dtype=np.float64)
+    livef = live.astype(np.float64)
+
+    def render(dy, dx):
+        moved = Apertures(apertures.horizontal + (dy, dx), apertures.vertical + (dy, dx), apertures.radius)
+        w_h, w_v = aperture_weights(moved, det)
+        disk = np.clip(bf_radius - np.hypot(yy - bf_center[0] - dy, xx - bf_center[1] - dx) + 0.5, 0, 1)
+        return np.stack([w_h * livef, w_v * livef, disk * livef, livef])
+
+    return shifts, vdf_sums(scan, render, shifts)
+
+
+def test_fast_vdf_gives_the_dense_sums_and_the_same_map(drifting):
+    data, _ = drifting
+    result = vdf_baseline(data)
+    mean, maximum = mean_and_max_pattern(as_scan(data))
+    fast_mean, fast_max = _mean_and_max(as_scan(data), max_patterns=600)  # a subset of rows, as on big scans
+    slow_mean, slow_max = mean_and_max_pattern(as_scan(data), max_patterns=600)
+    assert np.array_equal(fast_mean, slow_mean) and np.array_equal(fast_max, slow_max)
+    bad = np.zeros(mean.shape, bool)
+    for r, c in find_bad_pixels(mean, maximum):
+        bad[r, c] = True
+    bf = bright_field_mask(mean)
+    rr, cc = np.nonzero(bf)
+    bf_center, bf_radius = (float(rr.mean()), float(cc.mean())), float(np.sqrt(bf.sum() / np.pi))
+    shifts, dense = _dense_vdf_the_old_way(data, result.apertures, ~bad, bf_center, bf_radius)
+    assert np.allclose(result.arrays["descan_shift"], shifts, atol=1e-5)
+    s_h, s_v, s_bf, total = np.moveaxis(dense, -1, 0)
+    for name, ref in (("horizontal_sum", s_h), ("vertical_sum", s_v), ("total", total)):
+        assert np.allclose(result.arrays[name], ref, rtol=1e-5), name
+    assert np.allclose(result.prediction.bright_field, s_bf, rtol=1e-5)
+    old = classify_contrast(contrast_map(s_h, s_v, total, pool=3))[0]
+    assert np.array_equal(result.prediction.labels, old)
+
+
+def test_vdf_detectors_match_dense_ones_with_overlaps_and_bad_pixels(drifting):
+    """Overlapping apertures keep the larger weight, bad pixels count nowhere, shifts move everything."""
+    data, _ = drifting
+    scan = as_scan(data[:4])
+    det = scan.detector_shape
+    rng = np.random.default_rng(0)
+    ap = Apertures([[20.0, 20.0], [22.5, 24.0], [40.3, 10.7]], [[30.2, 40.9], [5.0, 60.0]], 4.6)
+    live = np.ones(det, bool)
+    live[rng.integers(0, det[0], 30), rng.integers(0, det[1], 30)] = False
+    live[21, 22] = False  # inside two overlapping apertures
+    shifts = rng.normal(0, 1.5, (*scan.scan_shape, 2))
+    sparse = fast_vdf_sums(scan, _vdf_detectors(ap, (32.0, 31.5), 6.0, live), shifts)
+    yy, xx = np.indices(det, dtype=np.float64)
+
+    def render(dy, dx):
+        moved = Apertures(ap.horizontal + (dy, dx), ap.vertical + (dy, dx), ap.radius)
+        w_h, w_v = aperture_weights(moved, det)
+        disk = np.clip(6.0 - np.hypot(yy - 32.0 - dy, xx - 31.5 - dx) + 0.5, 0, 1)
+        return np.stack([w_h * live, w_v * live, disk * live, live])
+
+    dense = vdf_sums(scan, render, shifts)
+    assert np.allclose(sparse, dense, rtol=1e-5)
+    assert len(np.unique(np.round(shifts / 0.25).reshape(-1, 2), axis=0)) > 100  # many distinct shifts rendered
 
 
 def test_vdf_probabilities_are_a_soft_assignment(vdf_still):

@@ -200,7 +200,7 @@ def test_a_large_batch_size_is_capped_on_the_cpu(scan, monkeypatch):
 
 def test_cuda_is_chosen_when_present_and_device_overrides(monkeypatch):
     from ghostmap.errors import GhostmapError
-    from ghostmap.training import pick_device
+    from ghostmap.model import pick_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert pick_device(None).type == "cuda"
@@ -211,3 +211,29 @@ def test_cuda_is_chosen_when_present_and_device_overrides(monkeypatch):
         pick_device("cuda")
     with pytest.raises(GhostmapError, match="unknown device"):
         pick_device("tpu:7")
+
+
+def test_the_library_leaves_the_allocator_alone_and_models_are_cached_once(scan, monkeypatch):
+    import ghostmap.prediction as prediction
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("predict() must not change the process's allocator")
+
+    monkeypatch.setattr(prediction, "reuse_freed_memory", forbidden)
+    monkeypatch.setattr(prediction, "_MODELS", prediction.OrderedDict())
+    model = random_model()
+    data = model.to_bytes()
+    first = prediction.cached_model(data, "cpu")
+    assert prediction.cached_model(data, "cpu") is first  # built once
+    assert first.network is not model.network and first.device.type == "cpu"
+    assert_same_prediction(predict(scan, first.model), predict(scan, model), rtol=0, atol=0)
+
+
+def test_integer_counts_fast_path_gives_the_plain_predictions(scan):
+    """uint16 counts take the fused NumPy binning and repair; the same counts as float32 take torch's."""
+    model = random_model(bin=4, pool=3)
+    model.preprocessing.bad_pixels = [(0, 1), (5, 5), (5, 6)] + [(r, 20) for r in range(32)]
+    fast = predict(scan, model, rows_per_block=4)
+    plain = predict(as_scan(scan.read_rows(0, scan.scan_shape[0]).astype(np.float32)), model, rows_per_block=4)
+    assert_same_prediction(fast, plain, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(fast.labels, plain.labels)

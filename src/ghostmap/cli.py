@@ -327,6 +327,9 @@ class _predictor:
 
     def predict(self, step, scan, model, description):
         from .prediction import predict as predict_scan
+        from .prediction import reuse_freed_memory
+
+        reuse_freed_memory()  # this command's own process only: the library leaves the allocator alone
 
         with _progress() as progress:
             task = progress.add_task(description, total=scan.n_patterns, info="patterns")

@@ -27,15 +27,14 @@ import numpy as np
 
 from .errors import GhostmapError
 from .model import Model
-from .prediction import Prediction, bright_field_index, iter_predictions, prepare_network, reuse_freed_memory
+from .prediction import Prediction, bright_field_index, cached_model, iter_predictions
 from .series import Step
 
 CONNECT_TIMEOUT_S = 10  # how long to try reaching a scheduler before giving up
 TASK_BYTES = 1 << 30  # at most this much raw data per task by default (a few seconds of work)
 HALO_SHARE = 0.25  # by default, pooling's halo rows re-read per task stay under this share of its rows
 
-_models: dict[str, Model] = {}  # on each worker: the last model built, by the SHA-256 of its bytes
-_models_lock = threading.Lock()
+_threads_set = threading.Event()
 
 
 def _distributed():
@@ -47,18 +46,13 @@ def _distributed():
 
 
 def _worker_model(model_bytes: bytes, digest: str) -> Model:
-    """The model for ``digest``, built from its bytes the first time this process sees it."""
+    """The model for ``digest``, from the one model cache (:func:`ghostmap.prediction.cached_model`)."""
     import torch
 
-    with _models_lock:
-        if digest not in _models:
-            torch.set_num_threads(1)  # one per worker thread: the worker's threads are the parallelism
-            reuse_freed_memory()
-            model = Model.from_bytes(model_bytes)
-            prepare_network(model, torch.device("cpu"))  # once, not in several threads at the same time
-            _models.clear()
-            _models[digest] = model
-        return _models[digest]
+    if not _threads_set.is_set():
+        torch.set_num_threads(1)  # one per worker thread: the worker's threads are the parallelism
+        _threads_set.set()
+    return cached_model(model_bytes, "cpu", digest=digest).model
 
 
 def classify_rows(source: tuple, model_bytes: bytes, digest: str, start: int, stop: int,

@@ -56,10 +56,7 @@ module: ``pip install 'ghostmap[libertem]'``.
 
 from __future__ import annotations
 
-import hashlib
 import math
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -74,10 +71,9 @@ except ImportError:
     raise GhostmapError("ghostmap's LiberTEM support needs LiberTEM: pip install 'ghostmap[libertem]'") from None
 
 from .model import Model
-from .prediction import Prediction, classify, default_batch_size, prepare_network, reuse_freed_memory
+from .prediction import Prediction, cached_model, classify, default_batch_size
 from .preprocessing import Preprocessing
 from .reading import bright_field_mask
-from .training import pick_device
 
 __all__ = ["GhostmapUDF", "apply_with_libertem", "bright_field_index"]
 
@@ -94,23 +90,12 @@ class _Runtime:
     batch_size: int
 
 
-_RUNTIMES: OrderedDict = OrderedDict()  # per process: a worker loads a model once, not once per partition
-_RUNTIMES_LOCK = threading.Lock()
-
-
 def _runtime(model_bytes: bytes, device: str, batch_size: int | None) -> _Runtime:
-    key = (hashlib.sha256(model_bytes).hexdigest(), device, batch_size)
-    with _RUNTIMES_LOCK:
-        if key in _RUNTIMES:
-            _RUNTIMES.move_to_end(key)
-            return _RUNTIMES[key]
-        model = Model.from_bytes(model_bytes)
-        dev = pick_device(device)
-        rt = _Runtime(model, prepare_network(model, dev), dev, batch_size or default_batch_size(model.input_shape))
-        _RUNTIMES[key] = rt
-        while len(_RUNTIMES) > 4:
-            _RUNTIMES.popitem(last=False)
-        return rt
+    """The model from the one model cache (:func:`ghostmap.prediction.cached_model`): a worker
+    builds it once, not once per partition."""
+    entry = cached_model(model_bytes, device)
+    return _Runtime(entry.model, entry.network, entry.device,
+                    batch_size or default_batch_size(entry.model.input_shape))
 
 
 # --- geometry -----------------------------------------------------------------------------------
@@ -442,7 +427,6 @@ def apply_with_libertem(ctx, dataset, model, *, bright_field="auto", batch_size:
     if not isinstance(model, Model):
         model = Model.load(model)
     _check_dataset(dataset.shape, model.detector_shape, run_kwargs.get("roi"))
-    reuse_freed_memory()  # as predict does: the inline executor classifies in this process
     if isinstance(bright_field, str):
         if bright_field != "auto":
             raise GhostmapError(f"bright_field must be 'auto', None, a mask or indices, not '{bright_field}'")

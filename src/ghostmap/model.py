@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -30,6 +31,8 @@ from torch import nn
 
 from .errors import GhostmapError
 from .preprocessing import Preprocessing
+
+logger = logging.getLogger(__name__)
 
 ARCHITECTURES = ("compact", "paper")
 WEIGHTS_FILE = "model.safetensors"
@@ -78,6 +81,45 @@ class CompactNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
+
+
+def pick_device(device: str | torch.device | None = None) -> torch.device:
+    """The one place a compute device is chosen: the named one, else CUDA when present, else the CPU.
+
+    Used by training, prediction, the Dask and LiberTEM paths and the label page alike.
+
+    Parameters
+    ----------
+    device : str, torch.device or None
+        ``"cpu"``, ``"cuda"``, ``"cuda:1"`` ...; None picks CUDA when torch sees one.
+
+    Returns
+    -------
+    torch.device
+
+    Raises
+    ------
+    GhostmapError
+        For an unknown device name, or CUDA asked for where there is none.
+
+    Example
+    -------
+    >>> pick_device("cpu")
+    device(type='cpu')
+    """
+    if isinstance(device, torch.device):
+        device = str(device)
+    if device:
+        try:
+            dev = torch.device(device)
+        except RuntimeError:
+            raise GhostmapError(f"unknown device '{device}'") from None
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise GhostmapError(f"device '{device}' asked for, but no CUDA device is available")
+        return dev
+    chosen = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    logger.debug("no device named: %s chosen", chosen)
+    return chosen
 
 
 def build_network(arch: str, n_classes: int, input_shape: tuple[int, int]) -> nn.Module:

@@ -19,7 +19,7 @@ from PIL import Image
 
 from .atomic import atomic_path
 from .errors import GhostmapError
-from .prediction import Prediction
+from .result import Prediction
 
 logger = logging.getLogger(__name__)
 

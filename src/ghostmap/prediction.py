@@ -8,48 +8,35 @@ virtual bright-field image is summed on the way, for the summary figure.
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import threading
 import warnings
 import weakref
-from dataclasses import dataclass
-from typing import Callable, Iterator
+from collections import OrderedDict
+from typing import Callable, Iterator, NamedTuple
 
 import numpy as np
 import torch
 
 from .errors import GhostmapError
-from .model import Model
+from .model import Model, pick_device
 from .preprocessing import stream_rows
 from .reading import as_scan, bright_field_mask
-from .training import pick_device
+from .result import Prediction
 
-
-@dataclass
-class Prediction:
-    """Per-position results: ``labels`` (rows, cols) class indices, ``probabilities`` (rows, cols, C)."""
-
-    labels: np.ndarray
-    probabilities: np.ndarray
-    classes: tuple[str, ...]
-    bright_field: np.ndarray | None = None
-
-    @property
-    def confidence(self) -> np.ndarray:
-        """The winning class's probability at each position."""
-        return self.probabilities.max(axis=-1)
-
-    def label_names(self) -> np.ndarray:
-        """(rows, cols) array of class names."""
-        return np.asarray(self.classes)[self.labels]
+logger = logging.getLogger(__name__)
 
 
 def reuse_freed_memory(mmap_threshold: int = 256 * 2**20, trim_threshold: int = 512 * 2**20) -> bool:
     """Ask glibc to recycle freed block buffers instead of returning them to the OS.
 
-    Each block allocates tens of MB of temporaries; by default glibc hands those to ``mmap``
-    and back on every block, and the fresh pages' faults cost more than the arithmetic
-    (the paper-size scan: 11.8 s end to end, 8.2 s with this). Memory stays bounded by
-    ``trim_threshold``. A no-op where glibc isn't the C library.
+    This changes the whole process's allocator, so the library never calls it: only the
+    ``ghostmap predict`` command does, for its own process (a notebook user's process is left
+    alone). Each block allocates tens of MB of temporaries; by default glibc hands those to
+    ``mmap`` and back on every block, and the fresh pages' faults cost more than the arithmetic
+    (see BENCHMARKS.md for what it buys). Memory stays bounded by ``trim_threshold``. A no-op
+    where glibc isn't the C library; returns whether both settings took.
     """
     try:
         import ctypes
@@ -132,6 +119,60 @@ def _batch_size(requested: int | None, model: Model, device: torch.device) -> in
     if device.type != "cpu":  # activations live in GPU memory there
         return requested or fit
     return min(requested, fit) if requested else fit
+
+
+class CachedModel(NamedTuple):
+    """A model built from bytes once per process, with its network ready on ``device``."""
+
+    model: Model
+    network: torch.nn.Module
+    device: torch.device
+
+
+_MODELS: OrderedDict = OrderedDict()  # the one model cache: (SHA-256 of the bytes, device) -> CachedModel
+_MODELS_LOCK = threading.Lock()
+MODELS_KEPT = 4
+
+
+def cached_model(model_bytes: bytes, device: str | torch.device | None = "cpu", digest: str | None = None) -> CachedModel:
+    """The model in ``model_bytes`` (:meth:`Model.to_bytes`), built and prepared the first time
+    this process sees it on ``device`` and kept for the next call (the last ``MODELS_KEPT``).
+
+    Workers of a Dask cluster or of LiberTEM receive a model as bytes with every task; this is
+    what lets them build it once, not once per task.
+
+    Parameters
+    ----------
+    model_bytes : bytes
+        What :meth:`ghostmap.model.Model.to_bytes` returned.
+    device : str, torch.device or None
+        Where its network runs (:func:`ghostmap.model.pick_device`).
+    digest : str, optional
+        The bytes' SHA-256 hex digest when the caller has it already.
+
+    Returns
+    -------
+    CachedModel
+
+    Example
+    -------
+    >>> entry = cached_model(model.to_bytes())          # doctest: +SKIP
+    >>> entry is cached_model(model.to_bytes())         # doctest: +SKIP
+    True
+    """
+    dev = pick_device(device)
+    key = (digest or hashlib.sha256(model_bytes).hexdigest(), str(dev))
+    with _MODELS_LOCK:
+        if key in _MODELS:
+            _MODELS.move_to_end(key)
+            return _MODELS[key]
+        model = Model.from_bytes(model_bytes)
+        entry = CachedModel(model, prepare_network(model, dev), dev)
+        _MODELS[key] = entry
+        while len(_MODELS) > MODELS_KEPT:
+            _MODELS.popitem(last=False)
+        logger.debug("built model %s on %s (%d kept)", key[0][:12], dev, len(_MODELS))
+        return entry
 
 
 def bright_field_index(scan) -> np.ndarray:
@@ -264,6 +305,7 @@ def iter_predictions(
     dev = device if isinstance(device, torch.device) else pick_device(device)
     network = prepare_network(model, dev, compile=compile)
     batch_size = _batch_size(batch_size, model, dev)
+    logger.debug("classifying scan rows %d-%d on %s, batches of %d", start, stop, dev, batch_size)
     if bf_index is None:
         bf_index = bright_field_index(scan)
     bright = {}
@@ -299,7 +341,6 @@ def predict(
     if not isinstance(model, Model):
         model = Model.load(model)
     model.check_scan(scan.detector_shape, scan.source)
-    reuse_freed_memory()
     n_rows, n_cols = scan.scan_shape
     probabilities = np.zeros((n_rows, n_cols, len(model.classes)), np.float32)
     bright_field = np.zeros((n_rows, n_cols), np.float32)

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from .errors import GhostmapError
 from .labels import Labels, check_in_scan, class_order, read_labels, require_trainable
-from .model import Model, build_network
+from .model import Model, build_network, pick_device
 from .preprocessing import Preprocessing, fit_preprocessing, preprocess_positions
 from .reading import as_scan
 
@@ -113,19 +113,6 @@ def default_input_size(arch: str) -> int:
     """Binning target: the paper bins 512 -> 256; the compact network reads 128 x 128, which
     measured as accurate on the simulated 512 x 512 scan at a quarter of the cost."""
     return 256 if arch == "paper" else 128
-
-
-def pick_device(device: str | None) -> torch.device:
-    """The named device, else CUDA when present, else the CPU."""
-    if device:
-        try:
-            dev = torch.device(device)
-        except RuntimeError:
-            raise GhostmapError(f"unknown device '{device}'") from None
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise GhostmapError(f"device '{device}' asked for, but no CUDA device is available")
-        return dev
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def train(
