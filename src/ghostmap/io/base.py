@@ -238,9 +238,10 @@ class Scan(_OpenFiles):
         except Exception as exc:  # noqa: BLE001 - h5py, zarr, numcodecs and dask raise anything
             if isinstance(self.data, np.ndarray) and not isinstance(self.data, np.memmap):
                 raise
+            _settle_zarr()
             bad = self._bad_rows(row0, row1, key)
-            where = f"scan row {bad[0]}" if len(bad) == 1 else f"scan rows {bad[0]}-{bad[-1]}" if bad else (
-                f"scan rows {row0}-{row1 - 1}")
+            _settle_zarr()
+            where = row_ranges(bad) if bad else row_ranges(range(row0, row1))
             raise GhostmapError(
                 f"{self._file_name()}: {where} could not be read: corrupt or truncated data "
                 f"({one_line(exc)[:200]})"
@@ -281,6 +282,35 @@ class Scan(_OpenFiles):
         step = max(1, int(rows_per_block))
         for start in range(0, self.shape[0], step):
             yield start, self.read_rows(start, min(start + step, self.shape[0]))
+
+
+def row_ranges(rows) -> str:
+    """``scan row 3`` or ``scan rows 1, 10-11`` for a sorted list of row indices.
+
+    Example
+    -------
+    >>> row_ranges([1, 10, 11])
+    'scan rows 1, 10-11'
+    """
+    rows = list(rows)
+    parts, start = [], None
+    for i, row in enumerate(rows):
+        if start is None:
+            start = row
+        if i + 1 == len(rows) or rows[i + 1] != row + 1:
+            parts.append(str(start) if start == row else f"{start}-{row}")
+            start = None
+    return ("scan row " if len(rows) == 1 else "scan rows ") + ", ".join(parts)
+
+
+def _settle_zarr() -> None:
+    """After a failed read: let zarr's other chunk reads finish quietly (only if zarr is loaded)."""
+    import sys
+
+    if "zarr" in sys.modules:
+        from .zarrstore import settle_pending_reads
+
+        settle_pending_reads()
 
 
 class _TimeStep:

@@ -144,7 +144,7 @@ def check_mib_header(path: Path) -> None:
     if dtype.upper().startswith("R"):
         raise GhostmapError(
             f"{path} holds RAW (undecoded, data type {dtype}) Merlin frames, which ghostmap cannot decode; "
-            "record with the Merlin software's 'Save Raw' option off (FILEFORMAT 0, binary) for decoded .mib frames"
+            "set the Merlin file format to 'binary' (not 'raw binary') so that it writes decoded frames"
         )
 
 
@@ -163,7 +163,7 @@ def _open_mib(file_reader, path: Path, scan_shape: tuple[int, int] | None):
     if scan_shape is not None and data.ndim == 3 and data.shape[0] == math.prod(scan_shape):
         data = data.reshape(tuple(scan_shape) + data.shape[1:])  # rsciio squeezes a 1-wide scan
     if scan_shape is None and (data.ndim != 4 or (data.shape[1] == 1 and data.shape[0] > 1)):
-        where = "no .hdr file beside it" if not hdr.exists() else f"{hdr.name} gives none"
+        where = f"no {hdr.name} beside it" if not hdr.exists() else f"{hdr.name} records no scan shape"
         raise GhostmapError(
             f"could not determine the scan shape of {path} ({where}); give it with --scan-shape ROWSxCOLS "
             f"({_mib_frame_count(path)} frames)"

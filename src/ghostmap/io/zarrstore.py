@@ -102,3 +102,37 @@ def zarr_series_length(path: Path, dataset: str | None) -> int | None:
         for close in closers:
             close()
     return series_length_of(arrays, dataset)
+
+
+def settle_pending_reads(timeout: float = 60.0) -> None:
+    """Let every chunk read still running on zarr's I/O event loop finish, collecting its error.
+
+    When one chunk of a zarr v3 read fails, ``asyncio.gather`` raises at once and leaves
+    the reads of the other chunks running on zarr's background loop. If the process then
+    exits, each of them prints "Task was destroyed but it is pending!" (or "Task exception
+    was never retrieved") on stderr. Waiting for them here, after a failed read, keeps a
+    corrupt-chunk error to the one line ghostmap prints. Nothing is done if zarr's loop is
+    not running.
+
+    Example
+    -------
+    >>> settle_pending_reads()  # after catching a failed zarr read
+    """
+    import asyncio
+    import sys
+
+    sync = sys.modules.get("zarr.core.sync")
+    loops = getattr(sync, "loop", None)
+    loop = loops[0] if isinstance(loops, list) and loops else None
+    if loop is None or not loop.is_running() or loop.is_closed():
+        return
+
+    async def drain():
+        me = asyncio.current_task()
+        while pending := [t for t in asyncio.all_tasks() if t is not me and not t.done()]:
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    try:
+        asyncio.run_coroutine_threadsafe(drain(), loop).result(timeout)
+    except Exception as exc:  # noqa: BLE001 - best effort: the read error itself is what matters
+        logger.debug("zarr reads did not settle: %s", exc)
