@@ -150,6 +150,11 @@ def check_mib_header(path: Path) -> None:
 
 def _open_mib(file_reader, path: Path, scan_shape: tuple[int, int] | None):
     hdr = path.with_suffix(".hdr")
+    n_frames = _mib_frame_count(path)
+    if scan_shape is not None and n_frames and math.prod(scan_shape) != n_frames:  # rsciio would read a part
+        raise GhostmapError(
+            f"{path} holds {n_frames} frames, not the {scan_shape[0]} x {scan_shape[1]} given with --scan-shape"
+        )
     nav = None if scan_shape is None else (int(scan_shape[1]), int(scan_shape[0]))  # rsciio wants (x, y)
     try:
         data = nav_first(file_reader(str(path), lazy=True, navigation_shape=nav)[0])
