@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -12,6 +13,8 @@ import pytest
 from ghostmap.errors import GhostmapError
 from ghostmap.io import FlatFrames, format_kind, open_scan, sniff
 from ghostmap.io.base import row_ranges
+
+sys.path.insert(0, str(Path(__file__).parent))  # the vendor-layout writers of the other test modules
 
 SHAPE = (3, 5, 6, 4)
 
@@ -178,3 +181,58 @@ def test_cli_corrupt_hdf5_chunk_is_one_line(tmp_path):
     path.write_bytes(bytes(raw))
     stderr = one_line_failure("info", path, "--preview", tmp_path / "p.png")
     assert "bad.h5: scan row 4 could not be read" in stderr
+
+
+# ------------------------------------------------------- the same scan in every format
+
+
+def test_every_format_predicts_the_same_labels_as_npy(series, tmp_path):
+    """One simulated scan saved in each format the readers know gives exactly the .npy's labels."""
+    import warnings
+
+    import mrcfile
+    from test_io_gatan import write_dm5
+    from test_io_hyperspy import signal_dict, write_zspy
+    from test_io_simplon import write_master
+
+    from ghostmap.prediction import predict
+
+    scan = series["scans"][0]  # (12, 48, 32, 32) uint16
+    rows, cols = scan.shape[:2]
+    reference = predict(series["paths"][0], series["model"])
+    made: dict[str, tuple] = {}
+
+    made["h5 4-D"] = (save_h5(tmp_path / "s4.h5", scan), None)
+    made["h5 3-D"] = (save_h5(tmp_path / "s3.h5", flat(scan)), (rows, cols))
+    made["zarr"] = (save_zarr(tmp_path / "s.zarr", scan), None)
+    made["npy 3-D"] = (save_npy(tmp_path / "flat.npy", flat(scan)), (rows, cols))
+    made["SIMPLON"] = (write_master(tmp_path, flat(scan), [200, 200, 176]), (rows, cols))
+    made["dm5"] = (write_dm5(tmp_path / "one.dm5", scan[None], cuts=[scan.nbytes // 3]), None)
+    made["zspy"] = (tmp_path / "s.zspy", None)
+    write_zspy(made["zspy"][0], signal_dict(scan))
+    with mrcfile.new(tmp_path / "s.mrc") as mrc:
+        mrc.set_data(scan)
+    made["mrc"] = (tmp_path / "s.mrc", None)
+    pytest.importorskip("rsciio")
+    from rsciio.hspy import file_writer as hspy_writer
+
+    hspy_writer(str(tmp_path / "s.hspy"), signal_dict(scan))
+    made["hspy"] = (tmp_path / "s.hspy", None)
+    from dm4_writer import write_dm
+
+    made["dm4"] = (write_dm(tmp_path / "s.dm4", scan), None)
+
+    for what, (path, shape) in made.items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with open_scan(path, scan_shape=shape) as opened:
+                assert opened.shape == scan.shape, what
+                labels = predict(opened, series["model"]).labels
+        np.testing.assert_array_equal(labels, reference.labels, err_msg=what)
+
+    out = tmp_path / "cli"
+    run = subprocess.run([sys.executable, "-m", "ghostmap.cli", "predict", str(made["SIMPLON"][0]), "--model",
+                          str(series["model_dir"]), "--out", str(out), "--scan-shape", f"{rows}x{cols}"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    np.testing.assert_array_equal(np.load(out / "predictions.npz")["labels"], reference.labels)
