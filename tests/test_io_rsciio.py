@@ -94,3 +94,14 @@ def test_tvips_frames_take_the_scan_shape(tmp_path):
         assert scan.shape == (3, 4, 8, 8) and scan.info.format == "TVIPS"
         np.testing.assert_array_equal(scan.read_rows(0, 3), data)
         np.testing.assert_array_equal(scan.read_rows(1, 2), data[1:2])
+
+
+@needs_real
+def test_a_truncated_mib_says_so(tmp_path):
+    source = REAL / "merlin" / "001_4x2_6bit.mib"
+    cut = tmp_path / "cut.mib"
+    cut.write_bytes(source.read_bytes()[:500_000])
+    cut.with_suffix(".hdr").write_bytes(source.with_suffix(".hdr").read_bytes())
+    with pytest.raises(GhostmapError) as exc:
+        open_scan(cut)
+    assert str(exc.value) == f"{cut} is truncated: it holds 7 whole frames, cut.hdr says 8"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import logging
 import math
+import re
 from pathlib import Path
 
 from ghostmap.errors import GhostmapError
@@ -151,6 +152,9 @@ def check_mib_header(path: Path) -> None:
 def _open_mib(file_reader, path: Path, scan_shape: tuple[int, int] | None):
     hdr = path.with_suffix(".hdr")
     n_frames = _mib_frame_count(path)
+    recorded = _hdr_frame_count(hdr)
+    if recorded is not None and n_frames and n_frames < recorded:
+        raise GhostmapError(f"{path} is truncated: it holds {n_frames} whole frames, {hdr.name} says {recorded}")
     if scan_shape is not None and n_frames and math.prod(scan_shape) != n_frames:  # rsciio would read a part
         raise GhostmapError(
             f"{path} holds {n_frames} frames, not the {scan_shape[0]} x {scan_shape[1]} given with --scan-shape"
@@ -174,6 +178,16 @@ def _open_mib(file_reader, path: Path, scan_shape: tuple[int, int] | None):
             f"({_mib_frame_count(path)} frames)"
         )
     return data, ((path, hdr) if hdr.exists() else (path,))
+
+
+def _hdr_frame_count(hdr: Path) -> int | None:
+    """'Frames in Acquisition (Number)' from a Merlin .hdr, if it is there."""
+    try:
+        text = hdr.read_text(errors="replace")
+    except OSError:
+        return None
+    match = re.search(r"Frames in Acquisition \(Number\):\s*(\d+)", text)
+    return int(match.group(1)) if match else None
 
 
 def _mib_frame_count(path: Path) -> int:
