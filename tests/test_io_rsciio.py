@@ -63,6 +63,8 @@ def test_real_raw_mode_merlin_is_refused_naming_the_setting():
 def test_real_blockfile_and_emd():
     with open_scan(REAL / "blockfile" / "test2.blo") as scan:
         assert scan.shape == (2, 3, 5, 5)
+        assert [c[0] for c in scan.info.calibrations] == ["y", "x", "dy", "dx"]
+        assert scan.info.calibrations[0][2:] == (64.0, "nm")
         np.testing.assert_array_equal(scan.read_box(0, 2, 1, 3), scan.read_rows(0, 2)[:, 1:3])
     emd = REAL / "emd" / "Si100_4D.emd"
     with pytest.raises(GhostmapError, match="holds 2 4-D datasets"):

@@ -55,21 +55,23 @@ def open_rsciio(path: Path, suffix: str, scan_shape: tuple[int, int] | None = No
     if suffix == ".mib":
         check_mib_header(path)
     file_reader = rsciio_reader(suffix)
-    recorded = None
+    recorded, signal = None, None
     try:
         if suffix == ".mib":
             data, files = _open_mib(file_reader, path, scan_shape)
         elif suffix == ".blo":
-            data = nav_first(file_reader(name, lazy=True)[0])
+            signal = file_reader(name, lazy=True)[0]
+            data = nav_first(signal)
         elif suffix == ".tvips":
-            data = _tvips_frames(file_reader(name, lazy=True)[0])
+            signal = file_reader(name, lazy=True)[0]
+            data = _tvips_frames(signal)
         else:
-            data = _dm_scan_data(file_reader(name, lazy=True), name)
+            signal, data = _dm_scan_data(file_reader(name, lazy=True), name)
     except GhostmapError:
         raise
     except Exception as exc:  # the readers raise anything from struct.error to KeyError
         raise GhostmapError(f"{name} could not be read as a {suffix} file ({one_line(exc)})") from exc
-    info = FormatInfo(_MODULES[suffix][1], f"rsciio.{_MODULES[suffix][0]} (lazy)")
+    info = FormatInfo(_MODULES[suffix][1], f"rsciio.{_MODULES[suffix][0]} (lazy)", axes_calibrations(signal))
     return Opened(data, name, files, [], recorded, info)
 
 
@@ -116,7 +118,18 @@ def _dm_scan_data(signals: list[dict], name: str):
         what = "no 4-D image" if not four_d else f"{len(four_d)} 4-D images"
         raise GhostmapError(f"{name} holds {what} (images there: {shapes}); ghostmap needs one 4-D scan")
     signal = four_d[0]
-    return nav_first(signal, swap=not dm_order_swapped(signal))
+    return signal, nav_first(signal, swap=not dm_order_swapped(signal))
+
+
+def axes_calibrations(signal: dict | None) -> list[tuple[str, float, float, str]]:
+    """(name, offset, scale, units) of each RosettaSciIO axis that carries a calibration."""
+    found = []
+    for axis in (signal or {}).get("axes", []):
+        units = str(axis.get("units") or "")
+        scale, offset = float(axis.get("scale", 1.0) or 1.0), float(axis.get("offset", 0.0) or 0.0)
+        if units and units != "<undefined>" or scale != 1.0 or offset != 0.0:
+            found.append((str(axis.get("name") or f"axis {axis.get('index_in_array')}"), offset, scale, units))
+    return found
 
 
 def _tvips_frames(signal: dict):
