@@ -436,8 +436,8 @@ def rows_per_block(scan: Scan, max_bytes: int = 256 * 2**20) -> int:
 
     Example
     -------
-    >>> rows_per_block(Scan(np.zeros((34, 206, 512, 512), np.uint16)))
-    1
+    >>> rows_per_block(Scan(np.zeros((4, 8, 64, 64), np.uint16)))
+    4
     """
     row_bytes = scan.shape[1] * scan.shape[2] * scan.shape[3] * scan.dtype.itemsize
     return int(max(1, min(scan.shape[0], max_bytes // max(row_bytes, 1))))
