@@ -379,22 +379,6 @@ class Opened:
             close()
 
 
-def closing_on_error(closers: list):
-    """A context manager that runs ``closers`` if its body raises, then re-raises."""
-    from contextlib import contextmanager
-
-    @contextmanager
-    def guard():
-        try:
-            yield
-        except BaseException:
-            for close in reversed(closers):
-                close()
-            raise
-
-    return guard()
-
-
 _MAX_LISTED = 8  # datasets named in an error message before "..."
 
 
