@@ -162,7 +162,7 @@ from ghostmap.io import open_scan, open_time_series, rows_per_block
 path, shape, series, source = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3] == "1", sys.argv[4]
 for f in sys.argv[5:]:
     try:
-        fd = os.open(f, os.O_RDONLY); os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED); os.close(fd)
+        fd = os.open(f, os.O_RDONLY); os.fsync(fd); os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED); os.close(fd)
     except Exception:
         pass
 t0 = time.perf_counter()

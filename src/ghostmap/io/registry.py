@@ -167,8 +167,8 @@ def as_4d(opened: Opened, scan_shape: tuple[int, int] | None):
     shape = tuple(scan_shape) if scan_shape is not None else opened.scan_shape
     if shape is None:
         raise GhostmapError(
-            f"{opened.source} holds {n} frames of {det[0]} x {det[1]} pixels (a 3-D frame stack) and records no "
-            f"scan shape; give it with --scan-shape ROWSxCOLS (ROWS x COLS = {n})"
+            f"{opened.source} holds {n} frames of {det[0]} x {det[1]} pixels (a 3-D frame stack, not 4-D scan data) "
+            f"and records no scan shape; give it with --scan-shape ROWSxCOLS (ROWS x COLS = {n})"
         )
     if math.prod(shape) != n:
         raise GhostmapError(
