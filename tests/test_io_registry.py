@@ -221,6 +221,19 @@ def test_every_format_predicts_the_same_labels_as_npy(series, tmp_path):
     from dm4_writer import write_dm
 
     made["dm4"] = (write_dm(tmp_path / "s.dm4", scan), None)
+    from test_reading import write_mib
+
+    # RosettaSciIO flips Merlin frames vertically on reading: store them flipped
+    made["mib"] = (write_mib(tmp_path / "s.mib", flat(scan[:, :, ::-1, :]), hdr_shape=(rows, cols)), None)
+    from rsciio.tvips import file_writer as tvips_writer
+
+    frames = flat(scan)
+    axes = [{"size": n, "index_in_array": k, "name": nm, "scale": 1.0, "offset": 0.0, "units": u, "navigate": k < 1}
+            for k, (n, nm, u) in enumerate(zip(frames.shape, ("frame", "ky", "kx"), ("", "1/nm", "1/nm")))]
+    tvips_writer(str(tmp_path / "s_000.tvips"), {"data": frames, "axes": axes, "original_metadata": {},
+                                                 "metadata": {"Signal": {"signal_type": "electron_diffraction"}},
+                                                 "attributes": {"_lazy": False}}, show_progressbar=False)
+    made["tvips"] = (tmp_path / "s_000.tvips", (rows, cols))
 
     for what, (path, shape) in made.items():
         with warnings.catch_warnings():
