@@ -173,3 +173,31 @@ def test_cli_watch_survives_being_stopped_and_restarted(series, tmp_path):
     assert arrays["labels"].shape[0] == 3
     assert (out / "step_0001" / "predictions.npz").stat().st_mtime_ns == stamp
     assert not [p for p in out.rglob(".*") if p.name.startswith(".")]  # no temporary files left behind
+
+
+def test_a_folder_of_gms_insitu_sessions_gives_one_step_per_time_slice(series, tmp_path):
+    sys.path.insert(0, os.path.dirname(__file__))
+    from test_io_gatan import write_dm5
+
+    folder, out, clock, events = tmp_path / "in", tmp_path / "out", Clock(), []
+    folder.mkdir()
+    scans = np.stack(series["scans"][:3])
+    write_dm5(folder / "InSitu_1.dm5", scans[:2], cuts=[scans[0].nbytes // 2])
+    raw = folder / "InSitu_2.raw"
+    write_dm5(folder / "InSitu_2.dm5", scans[2:3])
+    full = raw.read_bytes()
+    raw.write_bytes(full[: len(full) // 2])  # the second session's slice is still being written
+    watcher = make_watcher(series, folder, out, clock, events)
+    assert watcher.poll_once() == 0
+    clock.now += 6
+    assert watcher.poll_once() == 2  # both slices of the first session; the second is not readable yet
+    assert any(e == "waiting" and "InSitu_2.dm5" in text for e, text in events)
+    raw.write_bytes(full)
+    clock.now += 6
+    watcher.poll_once()  # InSitu_2.dm5 itself did not change: its slice is a new step, settling now
+    clock.now += 6
+    assert watcher.poll_once() == 1 and not watcher.pending
+    sources = [str(e["source"]) for e in watcher.writer.entries]
+    assert [s.rsplit("/", 1)[1] for s in sources] == ["InSitu_1.dm5[0]", "InSitu_1.dm5[1]", "InSitu_2.dm5[0]"]
+    for t in range(3):
+        np.testing.assert_array_equal(watcher.writer.results[t].labels, predict(scans[t], series["model"]).labels)

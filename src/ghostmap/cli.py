@@ -29,7 +29,8 @@ console = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)
 
 DatasetOpt = typer.Option(None, "--dataset", help="Path of the 4-D dataset inside an HDF5/EMD/zarr file.")
-ScanShapeOpt = typer.Option(None, "--scan-shape", help="ROWSxCOLS, for formats that don't store it (.mib).")
+ScanShapeOpt = typer.Option(None, "--scan-shape", help="ROWSxCOLS, for files of flat frames that don't record it "
+                                                       "(Dectris masters, .mib, 3-D HDF5/zarr/.npy/.mrc stacks, TVIPS).")
 
 
 def _print_version(value: bool) -> None:
@@ -75,22 +76,43 @@ def _open(data: Path, dataset: Optional[str], scan_shape: Optional[str] = None):
 
 @app.command()
 def info(
-    data: Path = typer.Argument(..., help="The scan: .npy, .h5/.emd, .zarr, .dm3/.dm4, .mib or .blo."),
+    data: Path = typer.Argument(..., help="The scan: .npy, .h5/.emd/.nxs, Dectris master, .zarr, .hspy/.zspy, .dm3/.dm4, "
+                                          ".dm5 series, .mib, .blo, .tvips, .mrc or EMPAD .xml."),
     dataset: Optional[str] = DatasetOpt,
     scan_shape: Optional[str] = ScanShapeOpt,
     preview: Optional[Path] = typer.Option(None, "--preview", help="Write a PNG: mean pattern (log) and virtual bright field."),
 ):
-    """Print a scan's shape, dtype and size; optionally write a preview image."""
-    from .reading import describe, save_preview
+    """Print a scan's shape, dtype and size, its format and calibrations; optionally write a preview image.
 
-    with _open(data, dataset, scan_shape) as scan:
+    For a time series (a .dm5 session, a 5-D dataset) the lines describe one time slice and
+    a 'slices:' line gives their number.
+    """
+    from .reading import describe, open_time_series, save_preview, time_series_length
+
+    n_slices = time_series_length(data, dataset) if scan_shape is None and data.exists() else None
+    if n_slices is not None:
+        series = open_time_series(data, dataset)
+        scan = series[0]
+        scan._closers.append(series.close)  # the slice owns the series while it is open
+    else:
+        scan = _open(data, dataset, scan_shape)
+    with scan:
         d = describe(scan)
         rows, cols = d["scan_shape"]
         out.print(f"scan:      {rows} rows x {cols} columns ({d['n_patterns']} patterns)")
         out.print(f"detector:  {d['detector_shape'][0]} x {d['detector_shape'][1]} pixels")
         out.print(f"dtype:     {d['dtype']}")
         out.print(f"size:      {_bytes(d['nbytes'])} uncompressed" +
-                  (f", {_bytes(d['file_size'])} on disk" if d.get("file_size") is not None else ""))
+                  (f", {_bytes(d['file_size'])} on disk" if d.get("file_size") is not None else ""),
+                  highlight=False)
+        if d.get("format"):
+            out.print(f"format:    {d['format']}", highlight=False, markup=False)
+            out.print(f"reader:    {d['reader']}", highlight=False, markup=False)
+        if n_slices is not None:
+            out.print(f"slices:    {n_slices} time slices (the lines above describe one; "
+                      f"{_bytes(d['nbytes'] * n_slices)} in all)", highlight=False)
+        for axis, origin, scale, units in d.get("calibrations", []):
+            out.print(f"calibration: {axis}: {scale:g} {units} per pixel, origin {origin:g}", highlight=False, markup=False)
         if preview:
             save_preview(scan, preview)
             out.print(f"preview:   {preview}")

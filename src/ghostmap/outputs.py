@@ -223,3 +223,37 @@ def save_labels_figure(path: str | Path, labels, background: np.ndarray | None =
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
     return path
+
+
+def save_preview(scan, path: str | Path) -> None:
+    """Write a PNG: the mean pattern on a log scale beside the virtual bright-field image."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from ghostmap.analysis import bright_field_mask, mean_pattern, virtual_image
+    from ghostmap.atomic import atomic_path
+    from ghostmap.io import as_scan
+
+    scan = as_scan(scan)
+    mean = mean_pattern(scan)
+    mask = bright_field_mask(mean)
+    bright_field = virtual_image(scan, mask)
+
+    fig = Figure(figsize=(10, 4.8), layout="constrained")
+    FigureCanvasAgg(fig)
+    left, right = fig.subplots(1, 2)
+    shown = np.log10(np.clip(mean - mean.min(), 0, None) + max(mean.max() - mean.min(), 1e-12) * 1e-4)
+    im = left.imshow(shown, cmap="magma")
+    left.contour(mask, levels=[0.5], colors="cyan", linewidths=0.8)
+    left.set_title("mean pattern (log10)")
+    left.set_xlabel("det_col")
+    left.set_ylabel("det_row")
+    fig.colorbar(im, ax=left, shrink=0.8)
+    im = right.imshow(bright_field, cmap="gray")
+    right.set_title("virtual bright field")
+    right.set_xlabel("x (scan column)")
+    right.set_ylabel("y (scan row)")
+    fig.colorbar(im, ax=right, shrink=0.8)
+    fig.suptitle(" ".join(str(f"{scan.source}  scan {scan.scan_shape}  detector {scan.detector_shape}").split()))
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)

@@ -19,10 +19,11 @@ from typing import Callable
 from .errors import GhostmapError
 from .model import Model
 from .prediction import Prediction, predict
-from .reading import HDF5_SUFFIXES, RSCIIO_SUFFIXES, ZARR_SUFFIXES, Scan
+from .reading import HDF5_SUFFIXES, HYPERSPY_SUFFIXES, RSCIIO_SUFFIXES, ZARR_SUFFIXES, Scan, time_series_length
 from .series import SeriesWriter, Step, file_state, iter_new_files
 
-DEFAULT_PATTERNS = tuple(f"*{s}" for s in (".npy",) + HDF5_SUFFIXES + ZARR_SUFFIXES + RSCIIO_SUFFIXES)
+DEFAULT_PATTERNS = tuple(f"*{s}" for s in (".npy", ".dm5", ".mrc") + HDF5_SUFFIXES + ZARR_SUFFIXES + RSCIIO_SUFFIXES
+                         + HYPERSPY_SUFFIXES)
 
 
 @dataclass
@@ -94,9 +95,10 @@ class Watcher:
         if self.out_dir.resolve() == self.folder.resolve():
             raise GhostmapError("--out must not be the watched folder")
         self.writer = SeriesWriter(self.out_dir, self.model)
-        self.pending: dict[Path, _Pending] = {}
+        self.pending: dict[str, _Pending] = {}  # by step source: a .dm5 session has one step per time slice
         self.warned_changed: set[str] = set()
         self.new_steps = 0
+        self._pending_paths: dict[str, Path] = {}
 
     def poll_once(self) -> int:
         """Look at the folder once; classify every file that is complete. Returns steps added."""
@@ -106,25 +108,45 @@ class Watcher:
         for path in iter_new_files(self.folder, self.options.patterns):
             if path.resolve() == out_dir or out_dir in path.resolve().parents:
                 continue
-            step = Step(path, None, self.options.dataset, self.options.scan_shape)
-            try:
-                state = file_state(path)
-            except OSError:  # vanished between listing and looking
-                self.pending.pop(path, None)
-                continue
-            if self._known(step, state):
-                continue
-            seen = self.pending.get(path)
-            if seen is None or seen.state != state:
-                self.pending[path] = seen = _Pending(state, seen.first_seen if seen else now, now)
-            if now - seen.changed_at < self.options.settle:
-                continue
-            if self._classify(step, seen, now):
-                added += 1
-                self.new_steps += 1
-                if self.options.stop_after is not None and self.new_steps >= self.options.stop_after:
-                    break
+            steps = self._steps(path)
+            for step in steps:
+                if self._look(step, now):
+                    added += 1
+                    self.new_steps += 1
+                    if self.options.stop_after is not None and self.new_steps >= self.options.stop_after:
+                        return added
         return added
+
+    def _steps(self, path: Path) -> list[Step]:
+        """A file's steps: one, or one per time slice of a GMS in-situ session (.dm5)."""
+        n_slices = time_series_length(path) if path.suffix.lower() == ".dm5" else None
+        if n_slices is None:
+            steps = [Step(path, None, self.options.dataset, self.options.scan_shape)]
+        else:
+            steps = [Step(path, t, None, None) for t in range(n_slices)]
+        current = {step.source for step in steps}
+        for source in [s for s, p in self._pending_paths.items() if p == path and s not in current]:
+            self.pending.pop(source, None)  # e.g. the whole-file step of a session that was still being written
+            self._pending_paths.pop(source, None)
+        return steps
+
+    def _look(self, step: Step, now: float) -> bool:
+        """Classify ``step`` if its file has settled and is new; True if a step was added."""
+        key = step.source
+        try:
+            state = file_state(step.path)
+        except OSError:  # vanished between listing and looking
+            self.pending.pop(key, None)
+            return False
+        if self._known(step, state):
+            return False
+        seen = self.pending.get(key)
+        if seen is None or seen.state != state:
+            self.pending[key] = seen = _Pending(state, seen.first_seen if seen else now, now)
+            self._pending_paths[key] = step.path
+        if now - seen.changed_at < self.options.settle:
+            return False
+        return self._classify(step, seen, now)
 
     def _known(self, step: Step, state: tuple[int, int]) -> bool:
         """Finished or rejected already (a rejected file that changed since is tried again)."""
@@ -165,13 +187,13 @@ class Watcher:
             self.report("waiting", f"{step.path.name} changed while it was read; waiting for it to settle")
             return False
         entry = self.writer.add(step, result)
-        self.pending.pop(step.path, None)
+        self.pending.pop(step.source, None)
         self.report("done", f"{step.path.name} -> {entry['folder']} (step {len(self.writer) - 1})")
         return True
 
     def _reject(self, step: Step, seen: _Pending, reason: str) -> None:
         self.writer.reject(step.source, reason, seen.state)
-        self.pending.pop(step.path, None)
+        self.pending.pop(step.source, None)
         self.report("rejected", f"{step.path.name}: {reason}")
 
     def run(self, sleep: Callable[[float], None] = time.sleep) -> SeriesWriter:
