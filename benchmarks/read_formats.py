@@ -32,7 +32,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from markdown_section import put_section
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -43,7 +43,7 @@ __all__ = [
     "virtual_image",
     "bright_field_mask",
     "describe",
-    "save_preview",
+    "save_preview",  # noqa: F822 -- provided lazily by __getattr__ below
     "FlatFrames",
     "FormatInfo",
     "AXES",
