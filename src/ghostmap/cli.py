@@ -127,13 +127,18 @@ def simulation_paths(target: Path) -> tuple[Path, Path]:
 
 @app.command()
 def sample(
-    data: Path = typer.Argument(..., help="The scan (only its shape is read)."),
+    data: Path = typer.Argument(..., help="The scan (only its shape is read, unless --model is given)."),
     labels: Path = typer.Option(..., "--labels", help="Labels given so far (x,y,label); may be absent or empty."),
     budget: int = typer.Option(..., "--budget", help="Total number of labels wanted, those given included."),
-    strategy: str = typer.Option("adaptive", "--strategy", help="adaptive (refine domain walls) or random."),
+    strategy: str = typer.Option("adaptive", "--strategy", help="adaptive (refine domain walls), random, or active "
+                                 "(the positions a model is least sure of; the adaptive grid until --model is given)."),
     step: Optional[int] = typer.Option(None, "--step", help="Coarse grid step (default: from scan size and budget)."),
     out_path: Path = typer.Option(..., "--out", help="CSV (x,y) of the positions to label next."),
     seed: int = typer.Option(0, "--seed"),
+    model_dir: Optional[Path] = typer.Option(None, "--model", help="With --strategy active: model folder written by "
+                                             "'ghostmap train' on these labels; the scan is classified to rank positions."),
+    batch: Optional[int] = typer.Option(None, "--batch", help="With --strategy active and --model: positions per call "
+                                        "(default 10)."),
     dataset: Optional[str] = DatasetOpt,
     scan_shape: Optional[str] = ScanShapeOpt,
 ):
@@ -141,10 +146,13 @@ def sample(
     from .labels import read_labels, write_positions
     from .sampling import propose
 
+    if (model_dir is not None or batch is not None) and strategy != "active":
+        raise GhostmapError(f"--model and --batch work with --strategy active, not {strategy}")
     with _open(data, dataset, scan_shape) as scan:
         shape = scan.scan_shape
-    given = read_labels(labels, scan_shape=shape, missing_ok=True)
-    x, y = propose(shape, given, budget, strategy=strategy, step=step, seed=seed)
+        given = read_labels(labels, scan_shape=shape, missing_ok=True)
+        x, y = propose(shape, given, budget, strategy=strategy, step=step, seed=seed, model=model_dir,
+                       scan=scan if model_dir is not None else None, batch=batch)
     write_positions(out_path, x, y)
     if len(x):
         out.print(f"{len(x)} positions to label -> {out_path} ({len(given)} labelled, budget {budget})")
@@ -432,11 +440,16 @@ def evaluate(
 
     result = load_prediction(out_dir)
     truth_labels = read_labels(truth, scan_shape=result.labels.shape)
-    report = evaluate_map(result.label_names(), truth_labels)
+    report = evaluate_map(result.label_names(), truth_labels, probabilities=result.probabilities)
     out.print(format_report(report))
-    target = report_path or (out_dir if out_dir.is_dir() else out_dir.parent) / "evaluation.json"
+    results = out_dir if out_dir.is_dir() else out_dir.parent
+    target = report_path or results / "evaluation.json"
     write_text(target, json.dumps(report, indent=2) + "\n")
     out.print(f"report: {target}")
+    if "reliability" in report:
+        from .outputs import RELIABILITY_FILE, save_reliability_figure
+
+        out.print(f"reliability diagram: {save_reliability_figure(results / RELIABILITY_FILE, report)}")
 
 
 @app.command()

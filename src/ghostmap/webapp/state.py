@@ -30,7 +30,7 @@ from ghostmap.labels import DEFAULT_CLASSES, Labels, read_labels, write_labels
 from ghostmap.outputs import class_colours, domain_rgb
 from ghostmap.preprocessing import Preprocessing, fit_preprocessing, preprocess_positions
 from ghostmap.reading import bright_field_mask, mean_pattern, virtual_image
-from ghostmap.sampling import STRATEGIES, propose
+from ghostmap.sampling import STRATEGIES, propose, uncertainty
 from ghostmap.training import TrainingOptions
 
 from . import render
@@ -43,7 +43,7 @@ SIDECAR_VERSION = 1
 MAX_HISTORY = 500
 #: Labels (in at least two classes) needed before "Train and preview" is offered.
 MIN_TRAIN_LABELS = 6
-#: Least confident positions proposed at a time in the "uncertainty" queue mode.
+#: Least confident positions proposed at a time in the "uncertainty" queue mode (the active sampler's batch).
 UNCERTAIN_QUEUE = 20
 #: Where the next positions come from: the adaptive/random sampler, or the preview's least confident positions.
 QUEUE_MODES = ("sampler", "uncertainty")
@@ -239,15 +239,20 @@ class LabelSession:
             return list(queue)
 
     def _uncertain(self) -> list[tuple[int, int]]:
-        confidence = self._prediction.confidence.astype(np.float64).copy()
-        for x, y in self._labels.to_dict():
-            confidence[y, x] = np.inf
-        for x, y in self._skipped:
-            confidence[y, x] = np.inf
-        flat = np.argsort(confidence, axis=None, kind="stable")[:UNCERTAIN_QUEUE]
-        flat = flat[np.isfinite(confidence.ravel()[flat])]
-        ys, xs = np.unravel_index(flat, confidence.shape)
-        return list(zip(xs.tolist(), ys.tolist()))
+        """The active sampler's batch on the preview (``propose(strategy="active")``), least sure first.
+
+        The preview's probabilities are passed, not its classes: a class labelled after the
+        preview was trained must not stop the queue. Skipped positions go last, as in the
+        sampler's queue.
+        """
+        probabilities = self._prediction.probabilities
+        x, y = propose((self.rows, self.cols), self._labels, self.budget, strategy="active", step=self.step,
+                       seed=self.seed, model=probabilities, batch=UNCERTAIN_QUEUE)
+        score = uncertainty(probabilities)[y, x]
+        order = np.argsort(-score, kind="stable")
+        proposed = [(int(x[i]), int(y[i])) for i in order]
+        skipped = set(self._skipped)
+        return [p for p in proposed if p not in skipped] + [p for p in self._skipped if p in set(proposed)]
 
     def current(self) -> tuple[int, int] | None:
         """The position being looked at: one opened on the overview, else the head of the queue."""
