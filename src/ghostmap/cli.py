@@ -189,22 +189,23 @@ def train(
     pool: int = typer.Option(3, "--pool", help="Pool k x k neighbouring probe positions (odd k; 1 = off)."),
     pool_mode: str = typer.Option("mean", "--pool-mode", help="mean (default) or max."),
     augment: bool = typer.Option(True, "--augment/--no-augment", help="Flips and transposes that respect the classes."),
+    members: int = typer.Option(4, "--members", help="compact: networks in the calibrated ensemble, each trained on "
+                                "all labels but one fold (1 = one network with a validation split)."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: CUDA if present)."),
     dataset: Optional[str] = DatasetOpt,
     scan_shape: Optional[str] = ScanShapeOpt,
 ):
     """Train a classifier on labelled patterns."""
     from .labels import read_labels, require_trainable
-    from .preprocessing import fit_preprocessing
-    from .training import TrainingOptions, default_input_size
+    from .training import TrainingOptions, training_preprocessing
     from .training import train as train_model
 
     with _open(data, dataset, scan_shape) as scan:
         given = read_labels(labels, scan_shape=scan.scan_shape)
         require_trainable(given, str(labels))
-        prep = fit_preprocessing(scan, bin=bin_factor, crop=_crop(crop), transform=transform, gamma=gamma,
-                                 pool=pool, pool_mode=pool_mode, target_size=default_input_size(arch))
-        options = TrainingOptions(arch=arch, epochs=epochs, seed=seed, augment=augment, device=device)
+        prep = training_preprocessing(scan, arch, bin=bin_factor, crop=_crop(crop), transform=transform, gamma=gamma,
+                                      pool=pool, pool_mode=pool_mode)
+        options = TrainingOptions(arch=arch, epochs=epochs, seed=seed, augment=augment, device=device, members=members)
         with _progress() as progress:
             task = progress.add_task("training", total=None, info="")
 
@@ -219,6 +220,9 @@ def train(
     out.print(f"trained {arch} on {m['n_train']} labels (validation {m['n_validation']}), best epoch "
               f"{m['best_epoch']}/{m['epochs']}: val loss {m['val_loss']:.3f}, val accuracy {m['val_accuracy']:.1%} "
               f"({m['seconds']:.0f} s)")
+    if m.get("members", 1) > 1:
+        out.print(f"ensemble of {m['members']} networks: cross-validated accuracy {m['val_accuracy']:.1%} on "
+                  f"{m['cross_validated']} labels; probabilities calibrated (temperature {m['temperature']:.2f})")
     if prep.bad_pixels:
         out.print(f"masked {len(prep.bad_pixels)} bad detector pixels")
     if m["collapsed"]:

@@ -134,7 +134,7 @@ def training_preprocessing(scan, arch: str = "compact", **options) -> Preprocess
     """
     options = {k: v for k, v in options.items() if v is not None}
     options.setdefault("target_size", default_input_size(arch))
-    return fit_preprocessing(scan, **options)
+    return fit_preprocessing(as_scan(scan), **options)
 
 
 def pick_device(device: str | None) -> torch.device:

@@ -16,6 +16,7 @@ refines walls only after its coarse grid is complete).
 from __future__ import annotations
 
 import json
+import logging
 import math
 import threading
 import time
@@ -28,12 +29,14 @@ from ghostmap.atomic import write_text
 from ghostmap.errors import GhostmapError
 from ghostmap.labels import DEFAULT_CLASSES, Labels, read_labels, write_labels
 from ghostmap.outputs import class_colours, domain_rgb
-from ghostmap.preprocessing import Preprocessing, fit_preprocessing, preprocess_positions
+from ghostmap.preprocessing import Preprocessing, preprocess_positions
 from ghostmap.reading import bright_field_mask, mean_pattern, virtual_image
 from ghostmap.sampling import STRATEGIES, propose, uncertainty
-from ghostmap.training import TrainingOptions
+from ghostmap.training import TrainingOptions, training_preprocessing
 
 from . import render
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["LabelSession", "Conflict", "NotFound", "sidecar_path", "MIN_TRAIN_LABELS", "QUEUE_MODES"]
 
@@ -142,11 +145,13 @@ class LabelSession:
         self._load_sidecar()
         self._queue_cache: tuple[int, list] | None = None
         self._version = 0  # bumped on every change of labels or skips
-        # computed once: what the network sees is fitted like training does, the overview is the bright field
-        self.preprocessing: Preprocessing = fit_preprocessing(scan)
+        # computed once: what the network sees is fitted exactly as 'ghostmap train' fits it (same input size
+        # for the same architecture), the overview is the bright field
+        self.preprocessing: Preprocessing = training_preprocessing(scan, self.training_options.arch)
         mean = mean_pattern(scan)
         self.bright_field = virtual_image(scan, bright_field_mask(mean))
         self._prediction = None
+        self.model = None  # the model behind the preview, once trained
         self._preview_version = 0
         self._training = {"state": "idle", "message": ""}
         self._thread: threading.Thread | None = None
@@ -463,12 +468,14 @@ class LabelSession:
             if m["collapsed"]:
                 summary += f" - warning: the model collapsed to '{m['predicted_classes'][0]}'; label more"
             with self._lock:
+                self.model = model
                 self._prediction = result
                 self._preview_version += 1
                 self._training = {"state": "done", "phase": "done", "done": 1, "total": 1, "message": summary,
                                   "n_labels": len(labels), "val_accuracy": m["val_accuracy"],
                                   "collapsed": bool(m["collapsed"]), "seconds": m["seconds"]}
         except Exception as exc:  # noqa: BLE001 - reported to the page, the server keeps running
+            logger.exception("train and preview failed on %d labels", len(labels))
             with self._lock:
                 self._training = {"state": "failed", "phase": "failed", "message": " ".join(str(exc).split())
                                   or type(exc).__name__}
