@@ -10,9 +10,9 @@ never saw it gives an honest cross-validated accuracy and the data to fit a temp
 
 The ``K`` members run as one network: convolutions with ``groups=K`` and a grouped dense
 head, so one forward pass computes all of them and the weights sit in one safetensors file.
-:meth:`EnsembleNet.forward` returns the log of the members' mean calibrated probability, so
-``softmax`` of its output is the ensemble's probability and every caller that treats a
-network's output as logits (prediction, the Dask and LiberTEM paths) works unchanged.
+:meth:`EnsembleNet.forward` returns the members' mean logits divided by the temperature, so
+``softmax`` of its output is the ensemble's calibrated probability and every caller that
+treats a network's output as logits (prediction, the Dask and LiberTEM paths) works unchanged.
 """
 
 from __future__ import annotations
@@ -86,9 +86,13 @@ class EnsembleNet(nn.Module):
         return self.head(f).reshape(-1, self.members, self.n_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Log of the members' mean probability after temperature scaling, (N, classes)."""
-        z = self.member_logits(x) / self.temperature
-        return torch.logsumexp(F.log_softmax(z, dim=-1), dim=1) - math.log(self.members)
+        """The members' mean logits divided by the temperature, (N, classes).
+
+        Logits are averaged rather than probabilities: the mean of probabilities is less sure
+        than any member wherever members disagree, so a temperature fitted to single members'
+        held-out logits would leave it under-confident; the mean logit keeps their scale.
+        """
+        return self.member_logits(x).mean(1) / self.temperature
 
 
 def fit_temperature(logits: torch.Tensor, targets: torch.Tensor, low: float = 0.25, high: float = 8.0) -> float:

@@ -208,7 +208,7 @@ def train(
     metrics.update(n_labels=int(len(labels)), seconds=round(time.perf_counter() - start, 2), seed=options.seed,
                    augment=options.augment)
     if metrics["collapsed"]:
-        logger.warning("the model predicts '%s' for every labelled pattern", metrics["predicted_classes"][0])
+        logger.info("the model predicts '%s' for every labelled pattern", metrics["predicted_classes"][0])
     return Model(network, classes, options.arch, prep, tuple(scan.detector_shape), metrics)
 
 
