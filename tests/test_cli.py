@@ -649,7 +649,13 @@ def test_evaluate_full_truth_all_walls(cli, tmp_path, tiny):
     truth = write_labels_csv(tmp_path / "truth.csv", two_class_rows((6, 6)))  # a checkerboard: walls everywhere
     r = cli("evaluate", tiny["results"], "--truth", truth, "--json", tmp_path / "report.json")
     assert r.code == 0, r.err
-    assert json.loads((tmp_path / "report.json").read_text())["n"] == 36
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["n"] == 36
+    # the truth covers the scan: calibration error, reliability table and diagram
+    assert 0.0 <= report["expected_calibration_error"] <= 1.0 and sum(report["reliability"]["count"]) == 36
+    assert "calibration error" in r.out
+    figure = Path(tiny["results"]) / "reliability.png"
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and str(figure) in r.out.replace("\n", "")
 
 
 def test_train_failure_keeps_previous_model(cli, tmp_path, tiny):

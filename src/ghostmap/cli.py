@@ -210,9 +210,10 @@ def train(
             task = progress.add_task("training", total=None, info="")
 
             def report(epoch, total, s):
+                held_out = "" if s["val_loss"] != s["val_loss"] else (  # NaN: an ensemble, validated at the end
+                    f" val loss {s['val_loss']:.3f} val acc {s['val_accuracy']:.0%}")
                 progress.update(task, total=total, completed=epoch,
-                                info=f"loss {s['loss']:.3f} acc {s['accuracy']:.0%} val loss {s['val_loss']:.3f} "
-                                     f"val acc {s['val_accuracy']:.0%}")
+                                info=f"loss {s['loss']:.3f} acc {s['accuracy']:.0%}{held_out}")
 
             model = train_model(scan, given, options, preprocessing=prep, progress=report)
     model.save(out_path)
