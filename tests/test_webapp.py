@@ -347,9 +347,11 @@ def test_train_and_preview_then_uncertainty_sampling(files, tmp_path, capsys):
         session_model = c.app.state.session.model
         assert session_model.input_shape == training_preprocessing(scan, "compact").output_shape(SCAN_DETECTOR)
         assert session_model.preprocessing.target_size == 128
-        code, _, err = run_cli(["train", str(scan), "--labels", str(labels), "--out", str(tmp_path / "model"),
-                                "--epochs", "2"], capsys)
-        assert code == 0, err
+        try:
+            code = main(["train", str(scan), "--labels", str(labels), "--out", str(tmp_path / "model"), "--epochs", "2"])
+        except SystemExit as exc:
+            code = exc.code
+        assert not code, capsys.readouterr().err
         meta = json.loads((tmp_path / "model" / "model.json").read_text())
         assert tuple(meta["input_shape"]) == session_model.input_shape
         assert meta["preprocessing"] == session_model.preprocessing.to_dict()
