@@ -9,6 +9,7 @@ colour weighted by its probability so that uncertain domain walls show as mixed 
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import matplotlib
@@ -26,6 +27,7 @@ PREDICTIONS_FILE = "predictions.npz"
 DOMAIN_MAP_FILE = "domain_map.png"
 SUMMARY_FILE = "summary.png"
 RELIABILITY_FILE = "reliability.png"
+logger = logging.getLogger(__name__)
 CLASS_COLOURS = {"none": (1.0, 0.0, 0.0), "vertical": (0.0, 1.0, 0.0), "horizontal": (0.0, 0.0, 1.0)}
 _OTHER_COLOURS = [(1.0, 0.8, 0.0), (0.8, 0.0, 1.0), (0.0, 0.9, 0.9), (0.6, 0.6, 0.6)]
 
