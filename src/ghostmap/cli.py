@@ -189,8 +189,8 @@ def train(
     pool: int = typer.Option(3, "--pool", help="Pool k x k neighbouring probe positions (odd k; 1 = off)."),
     pool_mode: str = typer.Option("mean", "--pool-mode", help="mean (default) or max."),
     augment: bool = typer.Option(True, "--augment/--no-augment", help="Flips and transposes that respect the classes."),
-    members: int = typer.Option(4, "--members", help="compact: networks in the calibrated ensemble, each trained on "
-                                "all labels but one fold (1 = one network with a validation split)."),
+    members: int = typer.Option(1, "--members", help="compact: 1 (default) = one network with a validation split; "
+                                "K > 1 = a calibrated ensemble of K, each trained on all labels but one fold (slower)."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: CUDA if present)."),
     dataset: Optional[str] = DatasetOpt,
     scan_shape: Optional[str] = ScanShapeOpt,

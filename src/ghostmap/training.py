@@ -50,7 +50,9 @@ class TrainingOptions:
     augment: bool = True
     seed: int = 0
     device: str | None = None
-    members: int = 4  # compact network: an ensemble of this many, calibrated on held-out folds; 1 = one network
+    # compact network: an ensemble of this many, calibrated on held-out folds; 1 (the default) = one network.
+    # Not the default: 4 members cost 2x (64 px input) to 6.6x (128 px) the training time (BENCHMARKS.md)
+    members: int = 1
 
 
 def stratified_split(y: np.ndarray, val_fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -159,10 +161,10 @@ def train(
 ) -> Model:
     """Fit a classifier to ``labels`` on ``scan`` and return it with its training metrics.
 
-    With the compact network and ``options.members > 1`` (the default) the model is a
+    With the compact network and ``options.members > 1`` the model is a
     calibrated ensemble (:mod:`ghostmap.ensemble`): every member trained with a fixed
     schedule on all labels but one fold, the temperature fitted to the held-out folds. With
-    the paper's network (or ``members=1``) one network is trained on a stratified 80 % and
+    the paper's network (or ``members=1``, the default) one network is trained on a stratified 80 % and
     the checkpoint with the lowest loss on the other 20 % is kept, as in the paper.
 
     Parameters
