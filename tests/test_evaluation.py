@@ -56,9 +56,8 @@ def test_calibration_error_and_reliability_with_full_truth():
     truth = np.array([["vertical"] * 5 + ["horizontal"] * 5] * 4)
     predicted = truth.copy()
     predicted[:, 4] = "horizontal"  # 4 of 40 wrong
-    classes = ("vertical", "horizontal")
     probs = np.zeros((*truth.shape, 2))
-    probs[..., 0] = (predicted == "vertical")
+    probs[..., 0] = (predicted == "vertical")  # classes (vertical, horizontal)
     probs[..., 1] = (predicted == "horizontal")
     sure = evaluate(predicted, labels_of(truth), probabilities=probs)
     assert sure["accuracy"] == pytest.approx(0.9)
@@ -76,4 +75,3 @@ def test_calibration_error_and_reliability_with_full_truth():
     # sparse truth: no calibration keys, as no wall keys
     sparse = Labels(np.array([0, 9], np.int64), np.array([0, 0], np.int64), np.array(["vertical", "horizontal"]))
     assert "expected_calibration_error" not in evaluate(predicted, sparse, probabilities=probs)
-    assert classes
