@@ -51,7 +51,7 @@ class TrainingOptions:
     seed: int = 0
     device: str | None = None
     # compact network: an ensemble of this many, calibrated on held-out folds; 1 (the default) = one network.
-    # Not the default: 4 members cost 2x (64 px input) to 6.6x (128 px) the training time (BENCHMARKS.md)
+    # Not the default: 4 members cost 2x (64 px input) to 6x (128 px) the training time (BENCHMARKS.md)
     members: int = 1
 
 
