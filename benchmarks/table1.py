@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""The paper's Table 1, reproduced on a simulated scan: adaptive against random sampling.
+"""The paper's Table 1, reproduced on a simulated scan: adaptive against random and active sampling.
 
 The domain geometry is the paper authors' own: every position labelled in their YAML files
 (``shared/paper-labels`` beside this repository; read in place, never copied) is put on the
@@ -7,10 +7,13 @@ The domain geometry is the paper authors' own: every position labelled in their 
 the class of the nearest labelled one. A scan is simulated with that truth. The 1,000
 positions of ``test_data.yaml`` are the test set, as in the paper.
 
-For each label budget (50 / 100 / 250), strategy (adaptive / random) and seed, the truth
-labels what the sampler asks for (``ghostmap.demo.label_loop``); sampled test positions are
-dropped from the training labels (the paper kept its test images out of training); the
-network is trained and classifies every pattern; the map is scored on the test positions,
+For each label budget (50 / 100 / 250 by default; ``--sizes 15,25,50`` for the few-label
+end), strategy (adaptive / random / active) and seed, the truth labels what the sampler asks
+for (``ghostmap.demo.label_loop``); sampled test positions are dropped from the training
+labels (the paper kept its test images out of training); the network is trained and
+classifies every pattern. Active sampling runs the loop a user runs: the adaptive grid, then
+train, classify the scan, ``propose(strategy="active", model=...)`` for the next ``--batch``
+positions, label them, and again until the budget is spent; the map is scored on the test positions,
 on all positions and on domain-wall positions. The two label-free baselines (offset virtual
 dark field; PCA + k-means, clusters matched to classes by the best permutation) are scored
 once. The results go, with the paper's numbers beside them, into BENCHMARKS.md between
@@ -26,6 +29,8 @@ Run it (from the repository root)::
 
     .venv/bin/python benchmarks/table1.py                      # the full table: 18 trainings, ~13 min on 2 quiet cores
     .venv/bin/python benchmarks/table1.py --sizes 50 --seeds 1 --epochs 20 --write /tmp/T.md   # a quick check
+    .venv/bin/python benchmarks/table1.py --sizes 15,25,50 --seeds 5 --members 4 --threads 1 \
+        --strategies active,adaptive,random --write /tmp/T.md  # issue 12's active rows (hours on 2 shared cores)
 """
 
 from __future__ import annotations
@@ -47,8 +52,9 @@ from markdown_section import put_section
 ROOT = Path(__file__).resolve().parents[1]
 PAPER_LABELS = Path(__file__).resolve().parents[2] / "shared" / "paper-labels"
 SCAN_SHAPE = (34, 206)
-STRATEGIES = ("adaptive", "random")
-PAPER_STEPS = {50: 30, 100: 10, 250: 6}
+STRATEGIES = ("adaptive", "random", "active")
+# the paper's grid steps; it gives none below 50 labels, where its 50-label step (30) is used
+PAPER_STEPS = {15: 30, 25: 30, 50: 30, 100: 10, 250: 6}
 PAPER_ACCURACY = {50: (96.9, 95.0), 100: (96.3, 95.7), 250: (96.2, 94.2)}  # % on the test set: adaptive, random
 START, END = "<!-- table1:start -->", "<!-- table1:end -->"
 SECTION = "## Table 1, reproduced"
@@ -66,6 +72,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     steps.add_argument("--default-steps", dest="paper_steps", action="store_false",
                        help="ghostmap's default grid step for each budget instead")
     p.add_argument("--arch", default="compact", choices=("compact", "paper"), help="network (default compact)")
+    p.add_argument("--members", type=int, default=1,
+                   help="compact: networks per model (ghostmap's default 1; 4 = the calibrated ensemble)")
+    p.add_argument("--strategies", default="adaptive,random",
+                   help=f"sampling strategies, comma-separated, of {', '.join(STRATEGIES)} (default adaptive,random; "
+                        "active trains a model every --batch labels, so keep it to small budgets)")
+    p.add_argument("--batch", type=int, default=None, help="active: positions per round (default ghostmap's)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads (default torch's; 1 is much faster on a machine shared with other jobs)")
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default: ghostmap's; for quick checks)")
     p.add_argument("--scan-seed", type=int, default=0, help="seed of the simulated scan (default 0)")
     p.add_argument("--labels-dir", type=Path, default=PAPER_LABELS,
@@ -77,6 +91,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--fresh", action="store_true", help="recompute runs kept in --workdir")
     args = p.parse_args(argv)
     args.sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+    args.strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    if not args.strategies or set(args.strategies) - set(STRATEGIES):
+        p.error(f"--strategies must name some of {', '.join(STRATEGIES)}")
     if not args.sizes or min(args.sizes) < 4 or args.seeds < 1:
         p.error("--sizes must be budgets of at least 4 labels and --seeds at least 1")
     return args
@@ -155,22 +172,54 @@ def cached(path: Path, fresh: bool, compute) -> dict:
     return result
 
 
-def training_run(scan, truth, test, size, strategy, seed, step, options) -> dict:
+def training_run(scan, truth, test, size, strategy, seed, step, options, batch=None) -> dict:
     """Sample and label from the truth, drop test positions, train, classify every pattern."""
     from ghostmap.demo import label_loop
-    from ghostmap.labels import Labels
     from ghostmap.prediction import predict
     from ghostmap.training import train
 
     start = time.perf_counter()
-    labels, rounds = label_loop(truth, size, strategy, step=step, seed=seed)
     cols = truth.shape[1]
+    if strategy == "active":
+        labels, rounds = active_loop(scan, truth, test, size, step, seed, options, batch)
+    else:
+        labels, rounds = label_loop(truth, size, strategy, step=step, seed=seed)
     trained = ~np.isin(labels.y * cols + labels.x, test.y * cols + test.x)
-    model = train(scan, Labels(labels.x[trained], labels.y[trained], labels.label[trained]), options)
+    model = train(scan, without_test(labels, test, cols), options)
     result = predict(scan, model)
     return {"x": labels.x, "y": labels.y, "label": labels.label, "trained": trained, "rounds": np.int64(rounds),
             "probabilities": result.probabilities, "classes": np.array(result.classes),
             "seconds": np.float64(time.perf_counter() - start)}
+
+
+def without_test(labels, test, cols: int):
+    """The labels a model may train on: the test positions left out."""
+    from ghostmap.labels import Labels
+
+    keep = ~np.isin(labels.y * cols + labels.x, test.y * cols + test.x)
+    return Labels(labels.x[keep], labels.y[keep], labels.label[keep])
+
+
+def active_loop(scan, truth, test, size, step, seed, options, batch=None):
+    """The user's loop: sample --strategy active, label, train, sample --model ..., until the budget is spent."""
+    from ghostmap.labels import labels_from_truth
+    from ghostmap.prediction import predict
+    from ghostmap.sampling import MIN_MODEL_LABELS, propose
+    from ghostmap.training import train
+
+    labels = labels_from_truth(truth, np.array([], int), np.array([], int))
+    rounds = 0
+    while True:
+        usable = without_test(labels, test, truth.shape[1])
+        model = None
+        if len(usable) >= MIN_MODEL_LABELS and len(usable.classes) >= 2:
+            model = predict(scan, train(scan, usable, options))
+        x, y = propose(truth.shape, labels, size, strategy="active", step=step, seed=seed + rounds, model=model,
+                       batch=batch)
+        if len(x) == 0:
+            return labels, rounds
+        labels = labels.merged(labels_from_truth(truth, x, y))
+        rounds += 1
 
 
 def baseline_run(scan, truth, method: str) -> dict:
@@ -217,14 +266,15 @@ def maps_figure(path: Path, truth, runs: dict, vdf: dict | None, sizes: list[int
     from ghostmap.atomic import atomic_path
     from ghostmap.outputs import domain_rgb, plt  # ghostmap.outputs selects the Agg backend
 
-    fig, axes = plt.subplots(len(sizes) + 1, 2, figsize=(14, 1.8 * (len(sizes) + 1)), squeeze=False,
-                             layout="constrained")
+    strategies = sorted({k for _, k, _ in runs}, key=STRATEGIES.index)
+    fig, axes = plt.subplots(len(sizes) + 1, max(2, len(strategies)), figsize=(7 * max(2, len(strategies)),
+                             1.8 * (len(sizes) + 1)), squeeze=False, layout="constrained")
     panels = [(axes[0, 0], truth_rgb(truth), "truth (paper labels, nearest-neighbour filled)")]
     if vdf is not None:
         panels.append((axes[0, 1], domain_rgb(vdf["probabilities"], vdf["classes"]),
                        f"offset virtual dark field (no labels): test {100 * vdf['score']['test']:.1f}%"))
     for i, size in enumerate(sizes):
-        for j, strategy in enumerate(STRATEGIES):
+        for j, strategy in enumerate(strategies):
             run = runs[size, strategy, 0]
             n = int(run["trained"].sum())
             panels.append((axes[i + 1, j], domain_rgb(run["probabilities"], run["classes"]),
@@ -242,14 +292,16 @@ def maps_figure(path: Path, truth, runs: dict, vdf: dict | None, sizes: list[int
 
 
 def sampling_figure(path: Path, truth, runs: dict, sizes: list[int]) -> None:
-    """Like the paper's Figure 7: the positions the adaptive sampler chose (seed 0), over the truth."""
+    """Like the paper's Figure 7: the positions the adaptive (and active) sampler chose (seed 0), over the truth."""
     from ghostmap.atomic import atomic_path
     from ghostmap.labels import class_order
     from ghostmap.outputs import class_colours, plt  # ghostmap.outputs selects the Agg backend
 
-    fig, axes = plt.subplots(len(sizes), 1, figsize=(12, 1.9 * len(sizes)), squeeze=False, layout="constrained")
-    for ax, size in zip(axes[:, 0], sizes):
-        run = runs[size, "adaptive", 0]
+    panels = [(size, k) for size in sizes for k in ("adaptive", "active") if (size, k, 0) in runs]
+    fig, axes = plt.subplots(max(1, len(panels)), 1, figsize=(12, 1.9 * max(1, len(panels))), squeeze=False,
+                             layout="constrained")
+    for ax, (size, strategy) in zip(axes[:, 0], panels):
+        run = runs[size, strategy, 0]
         ax.imshow(truth_rgb(truth, pale=0.6), interpolation="nearest")
         classes = class_order(run["label"])
         for name, colour in zip(classes, class_colours(classes)):
@@ -259,7 +311,7 @@ def sampling_figure(path: Path, truth, runs: dict, sizes: list[int]) -> None:
         dropped = ~run["trained"]
         ax.scatter(run["x"][dropped], run["y"][dropped], s=14, marker="x", color="black",
                    label=f"test position, not trained on ({int(dropped.sum())})")
-        ax.set_title(f"adaptive sampling, {size} labels, {int(run['rounds'])} rounds", fontsize=9)
+        ax.set_title(f"{strategy} sampling, {size} labels, {int(run['rounds'])} rounds", fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7)
@@ -272,10 +324,27 @@ def sampling_figure(path: Path, truth, runs: dict, sizes: list[int]) -> None:
 
 
 def run_stats(run: dict, walls: np.ndarray) -> dict:
-    """A run's scores plus how many labels it trained on and what share of them lie on walls."""
+    """A run's scores plus how many labels it trained on, what share of them lie on walls, its calibration error."""
     trained = run["trained"]
     return dict(run["score"], n_train=int(trained.sum()), dropped=int((~trained).sum()),
-                wall_share=walls[run["y"][trained], run["x"][trained]].mean(), seconds=float(run["seconds"]))
+                wall_share=walls[run["y"][trained], run["x"][trained]].mean(), seconds=float(run["seconds"]),
+                ece=float(run["ece"]))
+
+
+def active_verdict(stats: dict, sizes: list[int], n_seeds: int, strategies: list[str]) -> list[str]:
+    """Where active sampling helps and where not, against each other strategy, on the test set."""
+    lines = ["Active sampling against the others (mean test accuracy over seeds; spread = larger standard deviation):"]
+    for size in sizes:
+        act = [s["test"] for s in stats[size, "active"]]
+        for other in (k for k in strategies if k != "active"):
+            oth = [s["test"] for s in stats[size, other]]
+            diff = 100 * (np.mean(act) - np.mean(oth))
+            spread = 100 * max(np.std(act, ddof=1), np.std(oth, ddof=1)) if n_seeds > 1 else 0.0
+            word = "helps" if diff > spread else ("hurts" if diff < -spread else "makes no clear difference")
+            lines.append(f"- {size} labels, active vs {other}: {diff:+.1f} points (spread {spread:.1f}): "
+                         f"active {word}; on walls {100 * np.mean([s['wall'] for s in stats[size, 'active']]):.1f}% "
+                         f"vs {100 * np.mean([s['wall'] for s in stats[size, other]]):.1f}%.")
+    return lines
 
 
 def pct(values) -> str:
@@ -324,7 +393,8 @@ def markdown(args, info, truth, test, walls, runs, baselines, figures, elapsed, 
     import torch
 
     sizes, n = args.sizes, args.seeds
-    stats = {(size, k): [run_stats(runs[size, k, s], walls) for s in range(n)] for size in sizes for k in STRATEGIES}
+    strategies = args.strategies
+    stats = {(size, k): [run_stats(runs[size, k, s], walls) for s in range(n)] for size in sizes for k in strategies}
     counts = {c: int((truth == c).sum()) for c in ("none", "vertical", "horizontal")}
     steps = ", ".join(f"{args.steps[s]} for {s}" for s in sizes) + (" labels" if args.paper_steps else
                                                                       " labels, ghostmap's default steps")
@@ -347,26 +417,42 @@ def markdown(args, info, truth, test, walls, runs, baselines, figures, elapsed, 
         f"scored against the truth ({info['test_changed']} differ from their hand label, where files disagree).", "",
         f"**Runs.** For each budget and strategy, {n} seed{'s' if n > 1 else ''} (sampling and training): the truth "
         f"labels the positions the sampler asks for (adaptive grid step {steps}); sampled test positions are "
-        f"dropped from training; the {args.arch} network is trained "
+        f"dropped from training; the {args.arch} network"
+        f"{f' (an ensemble of {args.members}, calibrated)' if args.arch == 'compact' and args.members > 1 else ''} "
+        "is trained "
         f"({'ghostmap default epochs' if args.epochs is None else f'{args.epochs} epochs'}) and classifies all "
-        f"7,004 patterns. Mean ± standard deviation over seeds.", "",
-        "| labels sampled | adaptive, test accuracy | paper (binary algorithm) | random, test accuracy | paper (random) |",
-        "|---|---|---|---|---|",
+        f"7,004 patterns. Active sampling: the adaptive grid, then rounds of {args.batch or 'ghostmap default'} "
+        "positions the model of the labels so far is least sure of (train, classify, propose). "
+        "Mean ± standard deviation over seeds; the worst seed in brackets.", "",
+        "| labels sampled | " + " | ".join(f"{k}, test accuracy (worst seed)" + (" | paper (binary algorithm)"
+                                            if k == "adaptive" else " | paper (random)" if k == "random" else "")
+                                            for k in strategies) + " |",
+        "|---|" + "---|" * (len(strategies) + sum(k in ("adaptive", "random") for k in strategies)),
     ]
     for size in sizes:
-        paper = PAPER_ACCURACY.get(size, (None, None))
-        a, r = (pct([s["test"] for s in stats[size, k]]) for k in STRATEGIES)
-        L.append(f"| {size} | **{a}%** | {f'{paper[0]}%' if paper[0] else '-'} | **{r}%** | "
-                 f"{f'{paper[1]}%' if paper[1] else '-'} |")
-    L += ["", *verdict(stats, sizes, n, test_walls), "", "Details:", "",
+        paper = dict(zip(("adaptive", "random"), PAPER_ACCURACY.get(size, (None, None))))
+        cells = []
+        for k in strategies:
+            tests = [s["test"] for s in stats[size, k]]
+            cells.append(f"**{pct(tests)}%** ({100 * min(tests):.1f}%)")
+            if k in paper:
+                cells.append(f"{paper[k]}%" if paper[k] else "-")
+        L.append(f"| {size} | " + " | ".join(cells) + " |")
+    L += [""]
+    if {"adaptive", "random"} <= set(strategies):
+        L += [*verdict(stats, sizes, n, test_walls), ""]
+    if "active" in strategies:
+        L += [*active_verdict(stats, sizes, n, strategies), ""]
+    L += ["Details (calibration error over all 7,004 positions):", "",
           "| labels | sampling | trained on (test positions dropped) | of them on walls | all positions | "
-          "domain walls | inside domains | seconds per run |", "|---|---|---|---|---|---|---|---|"]
+          "domain walls | inside domains | calibration error | seconds per run |", "|---|---|---|---|---|---|---|---|---|"]
     for size in sizes:
-        for k in STRATEGIES:
+        for k in strategies:
             s = stats[size, k]
             L.append(f"| {size} | {k} | {np.mean([x['n_train'] for x in s]):.0f} "
                      f"({np.mean([x['dropped'] for x in s]):.1f} dropped) | {pct([x['wall_share'] for x in s])}% | "
                      f"{pct([x['all'] for x in s])}% | {pct([x['wall'] for x in s])}% | {pct([x['domain'] for x in s])}% "
+                     f"| {np.mean([x['ece'] for x in s]):.4f} (max {np.max([x['ece'] for x in s]):.4f}) "
                      f"| {np.mean([x['seconds'] for x in s]):.0f} |")
     if baselines:
         L += ["", "Label-free baselines on the same scan (`ghostmap baseline`; the clusters are matched to classes by "
@@ -392,11 +478,16 @@ def markdown(args, info, truth, test, walls, runs, baselines, figures, elapsed, 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    from ghostmap.ensemble import expected_calibration_error
     from ghostmap.evaluation import wall_mask
     from ghostmap.reading import open_scan
     from ghostmap.sampling import default_step
     from ghostmap.training import TrainingOptions
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     began = time.perf_counter()
     truth, test, info = paper_truth(args.labels_dir)
     walls = wall_mask(truth)
@@ -413,19 +504,23 @@ def main(argv: list[str] | None = None) -> int:
     with open_scan(scan_path) as scan:
         for size in args.sizes:
             step = args.steps[size]
-            for strategy in STRATEGIES:
+            for strategy in args.strategies:
                 for seed in range(args.seeds):
-                    options = TrainingOptions(arch=args.arch, epochs=args.epochs, seed=seed)
-                    name = (f"{scan_path.stem}_{args.arch}_e{args.epochs or 'auto'}_{strategy}{size}"
-                            f"{f'_step{step}' if strategy == 'adaptive' else ''}_seed{seed}.npz")
+                    options = TrainingOptions(arch=args.arch, epochs=args.epochs, seed=seed, members=args.members)
+                    name = (f"{scan_path.stem}_{args.arch}_m{args.members}_e{args.epochs or 'auto'}_{strategy}{size}"
+                            f"{f'_step{step}' if strategy != 'random' else ''}"
+                            f"{f'_b{args.batch or 0}' if strategy == 'active' else ''}_seed{seed}.npz")
                     args.reused += (cache / name).exists() and not args.fresh
                     run = cached(cache / name, args.fresh, lambda: training_run(
-                        scan, truth, test, size, strategy, seed, step, options))  # noqa: B023 - called at once
+                        scan, truth, test, size, strategy, seed, step, options, args.batch))  # noqa: B023 - called at once
                     run["score"] = score(names_of(run), truth, test, walls)
+                    run["ece"] = expected_calibration_error(run["probabilities"].max(-1),
+                                                            names_of(run) == truth)[0]
                     runs[size, strategy, seed] = run
                     print(f"{strategy:8s} {size:4d} labels, seed {seed}: {int(run['trained'].sum())} trained on, "
                           f"test {100 * run['score']['test']:.1f}%, all {100 * run['score']['all']:.1f}%, "
-                          f"walls {100 * run['score']['wall']:.1f}% ({float(run['seconds']):.0f} s)", flush=True)
+                          f"walls {100 * run['score']['wall']:.1f}%, calibration error {run['ece']:.4f} "
+                          f"({float(run['seconds']):.0f} s)", flush=True)
         for method in ("vdf", "cluster"):
             try:
                 b = cached(cache / f"{scan_path.stem}_{method}.npz", args.fresh,

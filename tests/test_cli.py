@@ -333,7 +333,7 @@ def test_sample_empty_labels_file_is_ok(cli, small_sim, tmp_path):
     assert 0 < len(read_positions(tmp_path / "n.csv")) <= 5
 
 
-@pytest.mark.parametrize("strategy", ["adaptive", "random"])
+@pytest.mark.parametrize("strategy", ["adaptive", "random", "active"])
 def test_sample_respects_budget_and_skips_labelled(cli, small_sim, tmp_path, strategy):
     given = [(0, 0, "vertical"), (5, 3, "horizontal"), (29, 9, "none"), (12, 7, "vertical")]
     labels = write_labels_csv(tmp_path / "labels.csv", given)
@@ -347,6 +347,48 @@ def test_sample_respects_budget_and_skips_labelled(cli, small_sim, tmp_path, str
     assert len(set(positions)) == len(positions)
     assert not set(positions) & {(x, y) for x, y, _ in given}
     assert snapshot(labels) == before, "sample must not touch the labels"
+
+
+def test_sample_active_loop_with_a_model(cli, small_sim, tmp_path, monkeypatch):
+    """sample --strategy active, label, train, sample --model ...: batches, budget, header-only, errors."""
+    monkeypatch.setattr(ghostmap.training, "default_epochs", lambda n_train, batch_size: 3)
+    truth = {(int(r["x"]), int(r["y"])): r["label"] for r in read_csv(small_sim["truth"])[1]}
+    labels, out, model = tmp_path / "labels.csv", tmp_path / "next.csv", tmp_path / "model"
+    r = cli("sample", small_sim["scan"], "--labels", labels, "--budget", 20, "--step", 5, "--strategy", "active",
+            "--out", out)
+    assert r.code == 0, r.err
+    grid = read_positions(out)
+    r = cli("sample", small_sim["scan"], "--labels", labels, "--budget", 20, "--step", 5, "--out", tmp_path / "a.csv")
+    assert read_positions(tmp_path / "a.csv") == grid  # no model yet: the adaptive sampler's first batch
+    given = [(x, y, truth[x, y]) for x, y in grid]
+    write_labels_csv(labels, given)
+    assert cli("train", small_sim["scan"], "--labels", labels, "--out", model).code == 0
+    r = cli("sample", small_sim["scan"], "--labels", labels, "--budget", 20, "--step", 5, "--strategy", "active",
+            "--model", model, "--batch", 4, "--out", out)
+    assert r.code == 0, r.err
+    batch = read_positions(out)
+    assert len(batch) == 4 and len(set(batch)) == 4 and not set(batch) & set(grid)
+    assert all(0 <= x < 30 and 0 <= y < 10 for x, y in batch)
+    # budget: never past it, header-only once spent
+    write_labels_csv(labels, given + [(x, y, truth[x, y]) for x, y in batch])
+    r = cli("sample", small_sim["scan"], "--labels", labels, "--budget", len(grid) + 6, "--strategy", "active",
+            "--model", model, "--batch", 4, "--step", 5, "--out", out)
+    assert r.code == 0 and len(read_positions(out)) == 2
+    r = cli("sample", small_sim["scan"], "--labels", labels, "--budget", len(grid) + 4, "--strategy", "active",
+            "--model", model, "--out", out)
+    assert r.code == 0 and out.read_text().strip() == "x,y"
+    # errors: one line, non-zero
+    other = tmp_path / "other"
+    _quiet_main("simulate", other, "--scan", "10x30", "--detector", "16", "--seed", "1")
+    r = cli("sample", other / "scan.npy", "--labels", labels, "--budget", 40, "--strategy", "active",
+            "--model", model, "--out", out)
+    assert r.code != 0 and "16 x 16" in r.err and "Traceback" not in r.err and len(r.err.strip().splitlines()) == 1
+    write_labels_csv(labels, given + [(29, 9, "mystery")])
+    r = cli("sample", small_sim["scan"], "--labels", labels, "--budget", 40, "--strategy", "active",
+            "--model", model, "--out", out)
+    assert r.code != 0 and "mystery" in r.err and "Traceback" not in r.err
+    r = cli("sample", small_sim["scan"], "--labels", labels, "--budget", 40, "--model", model, "--out", out)
+    assert r.code != 0 and "--strategy active" in r.err
 
 
 def test_sample_random_is_reproducible(cli, small_sim, tmp_path):
@@ -617,7 +659,13 @@ def test_evaluate_full_truth_all_walls(cli, tmp_path, tiny):
     truth = write_labels_csv(tmp_path / "truth.csv", two_class_rows((6, 6)))  # a checkerboard: walls everywhere
     r = cli("evaluate", tiny["results"], "--truth", truth, "--json", tmp_path / "report.json")
     assert r.code == 0, r.err
-    assert json.loads((tmp_path / "report.json").read_text())["n"] == 36
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["n"] == 36
+    # the truth covers the scan: calibration error, reliability table and diagram
+    assert 0.0 <= report["expected_calibration_error"] <= 1.0 and sum(report["reliability"]["count"]) == 36
+    assert "calibration error" in r.out
+    figure = Path(tiny["results"]) / "reliability.png"
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and str(figure) in r.out.replace("\n", "")
 
 
 def test_train_failure_keeps_previous_model(cli, tmp_path, tiny):

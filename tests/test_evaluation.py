@@ -50,3 +50,28 @@ def test_truth_outside_the_map():
     truth = Labels(np.array([5]), np.array([0]), np.array(["vertical"]))
     with pytest.raises(GhostmapError, match="outside the predicted map"):
         evaluate(np.full((2, 3), "vertical"), truth)
+
+
+def test_calibration_error_and_reliability_with_full_truth():
+    truth = np.array([["vertical"] * 5 + ["horizontal"] * 5] * 4)
+    predicted = truth.copy()
+    predicted[:, 4] = "horizontal"  # 4 of 40 wrong
+    probs = np.zeros((*truth.shape, 2))
+    probs[..., 0] = (predicted == "vertical")  # classes (vertical, horizontal)
+    probs[..., 1] = (predicted == "horizontal")
+    sure = evaluate(predicted, labels_of(truth), probabilities=probs)
+    assert sure["accuracy"] == pytest.approx(0.9)
+    assert sure["expected_calibration_error"] == pytest.approx(0.1)  # sure of everything, right 90% of the time
+    assert sure["mean_confidence"] == pytest.approx(1.0)
+    table = sure["reliability"]
+    assert sum(table["count"]) == truth.size and table["accuracy"][-1] == pytest.approx(0.9)
+    # honest about the wall column: 60% on the column it gets wrong, 100% elsewhere
+    honest = probs.copy()
+    honest[:, 4] = [0.4, 0.6]
+    report = evaluate(predicted, labels_of(truth), probabilities=honest)
+    assert report["expected_calibration_error"] < sure["expected_calibration_error"]
+    assert "calibration error" in format_report(report)
+    assert set(report) >= {"n", "accuracy", "per_class_recall", "confusion", "wall_accuracy", "n_wall"}
+    # sparse truth: no calibration keys, as no wall keys
+    sparse = Labels(np.array([0, 9], np.int64), np.array([0, 0], np.int64), np.array(["vertical", "horizontal"]))
+    assert "expected_calibration_error" not in evaluate(predicted, sparse, probabilities=probs)

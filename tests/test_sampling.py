@@ -284,3 +284,73 @@ def test_paper_scan_loop_has_no_repeats_unlike_the_published_file():
         flat = [p for r in rounds for p in r]
         assert len(flat) == len(set(flat)) == len(labels) == budget, (budget, step)
         assert len(rounds) >= 2  # the grid, then refinement
+
+
+# ----------------------------------------------------------------------------- active sampling
+
+
+def wall_probabilities(truth: np.ndarray, blur: float = 2.0) -> np.ndarray:
+    """Probabilities of a model that is sure inside domains and unsure near walls (two classes)."""
+    import scipy.ndimage as ndi
+
+    horizontal = ndi.gaussian_filter((truth == "horizontal").astype(float), blur)
+    return np.stack([1 - horizontal, horizontal], -1)  # classes (vertical, horizontal)
+
+
+def test_active_without_model_is_the_adaptive_first_batch():
+    truth = wall_map()
+    for labels in (None, labels_from_truth(truth, [0, 10], [0, 0])):
+        active = positions(*propose(truth.shape, labels, 40, strategy="active", step=5, seed=2))
+        adaptive = positions(*propose(truth.shape, labels, 40, strategy="adaptive", step=5, seed=2))
+        assert active == adaptive and len(active) > 0
+    # too few labels for a model: still the adaptive batch, even with probabilities given
+    few = labels_from_truth(truth, [0, 5, 10], [0, 0, 0])
+    probs = wall_probabilities(truth)
+    assert positions(*propose(truth.shape, few, 40, strategy="active", step=5, model=probs)) == \
+        positions(*propose(truth.shape, few, 40, strategy="adaptive", step=5))
+
+
+def test_active_proposes_uncertain_spread_unlabelled_positions_within_budget():
+    from ghostmap.sampling import uncertainty
+
+    truth = wall_map(wall_col=13)
+    probs = wall_probabilities(truth)
+    gx, gy = coarse_grid(truth.shape, 5)
+    labels = labels_from_truth(truth, np.r_[gx, 12, 13], np.r_[gy, 4, 4])  # two labels on the wall itself
+    x, y = propose(truth.shape, labels, 60, strategy="active", model=probs, batch=4, min_distance=3)
+    got = positions(x, y)
+    assert len(got) == 4 and len(set(got)) == 4  # the batch, no repeats
+    assert not set(got) & set(labels.to_dict())  # never a labelled position
+    assert all(0 <= a < truth.shape[1] and 0 <= b < truth.shape[0] for a, b in got)
+    assert got == sorted(got, key=lambda p: (p[1], p[0]))  # reading order
+    assert all(abs(a - 12.5) <= 2 for a, _ in got)  # on the wall, where the model is unsure
+    assert (uncertainty(probs)[y, x] > 0.5).all()
+    # spread: no two closer than the minimum distance
+    cheb = np.maximum(np.abs(x[:, None] - x[None]), np.abs(y[:, None] - y[None]))
+    assert cheb[~np.eye(len(x), dtype=bool)].min() >= 3
+    # never past the budget, header-only when it is spent
+    x, y = propose(truth.shape, labels, len(labels) + 3, strategy="active", model=probs, batch=8)
+    assert len(x) == 3
+    x, y = propose(truth.shape, labels, len(labels), strategy="active", model=probs)
+    assert len(x) == 0
+
+
+def test_active_is_reproducible_and_relaxes_spacing_on_a_small_scan():
+    truth = wall_map(shape=(4, 4), wall_col=2)
+    probs = wall_probabilities(truth, blur=0.5)
+    labels = labels_from_truth(truth, [0, 3, 0, 3], [0, 0, 3, 3])
+    a = positions(*propose(truth.shape, labels, 16, strategy="active", model=probs, batch=12, seed=4))
+    b = positions(*propose(truth.shape, labels, 16, strategy="active", model=probs, batch=12, seed=4))
+    assert a == b and len(a) == 12  # every unlabelled position, the spacing relaxed to fit them
+
+
+def test_active_refuses_what_does_not_fit():
+    truth = wall_map()
+    probs = wall_probabilities(truth)
+    labels = labels_from_truth(truth, [0, 5, 10, 20], [0, 0, 0, 0])
+    with pytest.raises(GhostmapError, match="positions"):
+        propose(truth.shape, labels, 40, strategy="active", model=probs[:5])
+    with pytest.raises(GhostmapError, match="only the active strategy"):
+        propose(truth.shape, labels, 40, strategy="adaptive", model=probs)
+    with pytest.raises(GhostmapError, match="batch must be at least 1"):
+        propose(truth.shape, labels, 40, strategy="active", model=probs, batch=0)

@@ -97,3 +97,37 @@ def test_bad_labels_are_refused(small_scan):
                      np.array(["vertical", "none", "vertical", "none"]))
     with pytest.raises(GhostmapError, match="outside the scan"):
         train(scan, outside)
+
+
+def test_ensemble_round_trips_and_one_network_still_trains(small_scan, tmp_path):
+    import json
+
+    from ghostmap.ensemble import EnsembleNet
+    from ghostmap.model import CompactNet, Model
+
+    scan, truth = small_scan
+    labels, _ = label_loop(truth, 24, seed=1)
+    model = train(scan, labels, TrainingOptions(seed=0, epochs=3, members=3))
+    m = model.metrics
+    assert isinstance(model.network, EnsembleNet) and m["members"] == 3
+    assert m["cross_validated"] == len(labels) and m["n_train"] + m["n_validation"] == len(labels)
+    assert 0.25 <= m["temperature"] <= 8.0 and float(model.network.temperature) == pytest.approx(m["temperature"],
+                                                                                                 rel=1e-3)
+    model.save(tmp_path / "ensemble")
+    meta = json.loads((tmp_path / "ensemble" / "model.json").read_text())
+    assert meta["members"] == 3 and sorted(p.name for p in (tmp_path / "ensemble").iterdir()) == [
+        "model.json", "model.safetensors"]
+    loaded = Model.load(tmp_path / "ensemble")
+    assert np.allclose(predict(scan, loaded).probabilities, predict(scan, model).probabilities, atol=1e-6)
+
+    single = train(scan, labels, TrainingOptions(seed=0, epochs=3, members=1))
+    assert isinstance(single.network, CompactNet) and single.metrics["n_validation"] > 0
+    single.save(tmp_path / "single")
+    # a model folder from before ensembles (no "members" in its JSON) still loads and predicts
+    meta = json.loads((tmp_path / "single" / "model.json").read_text())
+    del meta["members"]
+    (tmp_path / "single" / "model.json").write_text(json.dumps(meta))
+    old = Model.load(tmp_path / "single")
+    assert np.allclose(predict(scan, old).probabilities, predict(scan, single).probabilities, atol=1e-6)
+    with pytest.raises(GhostmapError, match="members"):
+        train(scan, labels, TrainingOptions(members=0))

@@ -22,15 +22,19 @@ from PIL import Image  # noqa: E402
 
 from ghostmap.cli import main  # noqa: E402
 from ghostmap.labels import Labels, read_labels, write_labels  # noqa: E402
-from ghostmap.sampling import propose  # noqa: E402
+from ghostmap.sampling import propose, uncertainty  # noqa: E402
 from ghostmap.simulate import simulate_scan  # noqa: E402
-from ghostmap.training import TrainingOptions  # noqa: E402
+from ghostmap.training import (
+    TrainingOptions,  # noqa: E402
+    training_preprocessing,  # noqa: E402
+)
 from ghostmap.webapp import create_app  # noqa: E402
 from ghostmap.webapp.state import sidecar_path  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 SCAN_SHAPE = (12, 30)
+SCAN_DETECTOR = (64, 64)
 BUDGET = 20
 
 
@@ -309,7 +313,7 @@ def test_yaml_or_folder_as_label_file_is_refused(files, tmp_path):
 # ------------------------------------------------------------------------------ train and preview
 
 
-def test_train_and_preview_then_uncertainty_sampling(files):
+def test_train_and_preview_then_uncertainty_sampling(files, tmp_path, capsys):
     scan, labels, truth = files
     with client_for(scan, labels, training=TrainingOptions(epochs=2, seed=0, device="cpu")) as c:
         s = c.get("/api/state").json()
@@ -334,9 +338,25 @@ def test_train_and_preview_then_uncertainty_sampling(files):
         assert s["mode"] == "uncertainty" and 0 < len(s["queue"]) <= 20
         labelled = {(lab["x"], lab["y"]) for lab in s["labels"]}
         assert not labelled & {tuple(p) for p in s["queue"]}
-        confidence = c.app.state.session._prediction.confidence
-        queued = [confidence[y, x] for x, y in s["queue"]]
-        assert queued == sorted(queued)  # least confident first
+        probabilities = c.app.state.session._prediction.probabilities
+        unsure = uncertainty(probabilities)
+        queued = [unsure[y, x] for x, y in s["queue"]]
+        assert queued == sorted(queued, reverse=True)  # least confident first
+        # the active sampler's batch: the same function as 'ghostmap sample --strategy active'
+        x, y = propose(SCAN_SHAPE, read_labels(labels), BUDGET, strategy="active", model=probabilities, batch=20)
+        assert sorted(map(tuple, s["queue"])) == sorted(zip(x.tolist(), y.tolist()))
+        # preview training fits the input 'ghostmap train' fits (the compact network's 128 px, here the 64 px detector)
+        session_model = c.app.state.session.model
+        assert session_model.input_shape == training_preprocessing(scan, "compact").output_shape(SCAN_DETECTOR)
+        assert session_model.preprocessing.target_size == 128
+        try:
+            code = main(["train", str(scan), "--labels", str(labels), "--out", str(tmp_path / "model"), "--epochs", "2"])
+        except SystemExit as exc:
+            code = exc.code
+        assert not code, capsys.readouterr().err
+        meta = json.loads((tmp_path / "model" / "model.json").read_text())
+        assert tuple(meta["input_shape"]) == session_model.input_shape
+        assert meta["preprocessing"] == session_model.preprocessing.to_dict()
         s = label_current(c, truth, s)
         assert s["n_labels"] == 9
         s = c.post("/api/mode", json={"mode": "sampler"}).json()

@@ -166,13 +166,18 @@ def simulation_paths(target: Path) -> tuple[Path, Path]:
 
 @app.command()
 def sample(
-    data: Path = typer.Argument(..., help="The scan (only its shape is read)."),
+    data: Path = typer.Argument(..., help="The scan (only its shape is read, unless --model is given)."),
     labels: Path = typer.Option(..., "--labels", help="Labels given so far (x,y,label); may be absent or empty."),
     budget: int = typer.Option(..., "--budget", help="Total number of labels wanted, those given included."),
-    strategy: str = typer.Option("adaptive", "--strategy", help="adaptive (refine domain walls) or random."),
+    strategy: str = typer.Option("adaptive", "--strategy", help="adaptive (refine domain walls), random, or active "
+                                 "(the positions a model is least sure of; the adaptive grid until --model is given)."),
     step: Optional[int] = typer.Option(None, "--step", help="Coarse grid step (default: from scan size and budget)."),
     out_path: Path = typer.Option(..., "--out", help="CSV (x,y) of the positions to label next."),
     seed: int = typer.Option(0, "--seed"),
+    model_dir: Optional[Path] = typer.Option(None, "--model", help="With --strategy active: model folder written by "
+                                             "'ghostmap train' on these labels; the scan is classified to rank positions."),
+    batch: Optional[int] = typer.Option(None, "--batch", help="With --strategy active and --model: positions per call "
+                                        "(default 10)."),
     dataset: Optional[str] = DatasetOpt,
     scan_shape: Optional[str] = ScanShapeOpt,
 ):
@@ -180,10 +185,13 @@ def sample(
     from .labels import read_labels, write_positions
     from .sampling import propose
 
+    if (model_dir is not None or batch is not None) and strategy != "active":
+        raise GhostmapError(f"--model and --batch work with --strategy active, not {strategy}")
     with _open(data, dataset, scan_shape) as scan:
         shape = scan.scan_shape
-    given = read_labels(labels, scan_shape=shape, missing_ok=True)
-    x, y = propose(shape, given, budget, strategy=strategy, step=step, seed=seed)
+        given = read_labels(labels, scan_shape=shape, missing_ok=True)
+        x, y = propose(shape, given, budget, strategy=strategy, step=step, seed=seed, model=model_dir,
+                       scan=scan if model_dir is not None else None, batch=batch)
     write_positions(out_path, x, y)
     if len(x):
         out.print(f"{len(x)} positions to label -> {out_path} ({len(given)} labelled, budget {budget})")
@@ -220,29 +228,31 @@ def train(
     pool: int = typer.Option(3, "--pool", help="Pool k x k neighbouring probe positions (odd k; 1 = off)."),
     pool_mode: str = typer.Option("mean", "--pool-mode", help="mean (default) or max."),
     augment: bool = typer.Option(True, "--augment/--no-augment", help="Flips and transposes that respect the classes."),
+    members: int = typer.Option(1, "--members", help="compact: 1 (default) = one network with a validation split; "
+                                "K > 1 = a calibrated ensemble of K, each trained on all labels but one fold (slower)."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: CUDA if present)."),
     dataset: Optional[str] = DatasetOpt,
     scan_shape: Optional[str] = ScanShapeOpt,
 ):
     """Train a classifier on labelled patterns."""
     from .labels import read_labels, require_trainable
-    from .preprocessing import fit_preprocessing
-    from .training import TrainingOptions, default_input_size
+    from .training import TrainingOptions, training_preprocessing
     from .training import train as train_model
 
     with _open(data, dataset, scan_shape) as scan:
         given = read_labels(labels, scan_shape=scan.scan_shape)
         require_trainable(given, str(labels))
-        prep = fit_preprocessing(scan, bin=bin_factor, crop=_crop(crop), transform=transform, gamma=gamma,
-                                 pool=pool, pool_mode=pool_mode, target_size=default_input_size(arch))
-        options = TrainingOptions(arch=arch, epochs=epochs, seed=seed, augment=augment, device=device)
+        prep = training_preprocessing(scan, arch, bin=bin_factor, crop=_crop(crop), transform=transform, gamma=gamma,
+                                      pool=pool, pool_mode=pool_mode)
+        options = TrainingOptions(arch=arch, epochs=epochs, seed=seed, augment=augment, device=device, members=members)
         with _progress() as progress:
             task = progress.add_task("training", total=None, info="")
 
             def report(epoch, total, s):
+                held_out = "" if s["val_loss"] != s["val_loss"] else (  # NaN: an ensemble, validated at the end
+                    f" val loss {s['val_loss']:.3f} val acc {s['val_accuracy']:.0%}")
                 progress.update(task, total=total, completed=epoch,
-                                info=f"loss {s['loss']:.3f} acc {s['accuracy']:.0%} val loss {s['val_loss']:.3f} "
-                                     f"val acc {s['val_accuracy']:.0%}")
+                                info=f"loss {s['loss']:.3f} acc {s['accuracy']:.0%}{held_out}")
 
             model = train_model(scan, given, options, preprocessing=prep, progress=report)
     model.save(out_path)
@@ -250,6 +260,9 @@ def train(
     out.print(f"trained {arch} on {m['n_train']} labels (validation {m['n_validation']}), best epoch "
               f"{m['best_epoch']}/{m['epochs']}: val loss {m['val_loss']:.3f}, val accuracy {m['val_accuracy']:.1%} "
               f"({m['seconds']:.0f} s)")
+    if m.get("members", 1) > 1:
+        out.print(f"ensemble of {m['members']} networks: cross-validated accuracy {m['val_accuracy']:.1%} on "
+                  f"{m['cross_validated']} labels; probabilities calibrated (temperature {m['temperature']:.2f})")
     if prep.bad_pixels:
         out.print(f"masked {len(prep.bad_pixels)} bad detector pixels")
     if m["collapsed"]:
@@ -469,11 +482,16 @@ def evaluate(
 
     result = load_prediction(out_dir)
     truth_labels = read_labels(truth, scan_shape=result.labels.shape)
-    report = evaluate_map(result.label_names(), truth_labels)
+    report = evaluate_map(result.label_names(), truth_labels, probabilities=result.probabilities)
     out.print(format_report(report))
-    target = report_path or (out_dir if out_dir.is_dir() else out_dir.parent) / "evaluation.json"
+    results = out_dir if out_dir.is_dir() else out_dir.parent
+    target = report_path or results / "evaluation.json"
     write_text(target, json.dumps(report, indent=2) + "\n")
     out.print(f"report: {target}")
+    if "reliability" in report:
+        from .outputs import RELIABILITY_FILE, save_reliability_figure
+
+        out.print(f"reliability diagram: {save_reliability_figure(results / RELIABILITY_FILE, report)}")
 
 
 @app.command()

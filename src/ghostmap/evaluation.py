@@ -2,16 +2,26 @@
 
 Accuracy, per-class recall and the confusion matrix over the labelled positions. When the
 truth covers every position, accuracy on domain-wall positions is reported too: positions
-whose true class is ``none`` or that lie within 2 positions of a change of class.
+whose true class is ``none`` or that lie within 2 positions of a change of class, and, given
+the class probabilities, the expected calibration error with its reliability table (does a
+position predicted with probability p turn out right a fraction p of the time?).
 """
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import scipy.ndimage as ndi
 
+from .ensemble import expected_calibration_error
 from .errors import GhostmapError
 from .labels import Labels, check_in_scan, class_order
+
+logger = logging.getLogger(__name__)
+
+#: Confidence bins of the reliability table.
+CALIBRATION_BINS = 15
 
 
 def wall_mask(truth: np.ndarray, distance: int = 2) -> np.ndarray:
@@ -26,7 +36,7 @@ def wall_mask(truth: np.ndarray, distance: int = 2) -> np.ndarray:
     return near | (truth == "none")
 
 
-def evaluate(predicted: np.ndarray, truth: Labels) -> dict:
+def evaluate(predicted: np.ndarray, truth: Labels, probabilities: np.ndarray | None = None) -> dict:
     """Compare predicted class names (rows, cols) with the truth labels at their positions.
 
     Parameters
@@ -35,13 +45,18 @@ def evaluate(predicted: np.ndarray, truth: Labels) -> dict:
         (rows, cols) predicted class names, e.g. ``Prediction.label_names()``.
     truth : Labels
         The true classes at some or all positions.
+    probabilities : numpy.ndarray, optional
+        (rows, cols, C) class probabilities of the prediction. When given and the truth
+        covers every position, the report gains ``expected_calibration_error``,
+        ``mean_confidence`` and ``reliability`` (see :func:`ghostmap.ensemble.expected_calibration_error`).
 
     Returns
     -------
     dict
         ``n``, ``accuracy``, per-class ``recall``, the ``confusion`` matrix and its
         ``classes``; wall and in-domain accuracy when the truth covers every position; for
-        class names the truth does not use (clusters), the best matching of names to classes.
+        class names the truth does not use (clusters), the best matching of names to classes;
+        calibration figures when probabilities are given and the truth covers every position.
 
     Raises
     ------
@@ -84,12 +99,44 @@ def evaluate(predicted: np.ndarray, truth: Labels) -> dict:
         report["wall_accuracy"] = float(hits[walls].mean()) if walls.any() else None
         report["domain_accuracy"] = float(hits[~walls].mean()) if (~walls).any() else None
         report["n_wall"] = int(walls.sum())
+        if probabilities is not None and not all(str(c).startswith("cluster ") for c in np.unique(pred)):
+            report.update(calibration(probabilities, hits))
     if all(str(c).startswith("cluster ") for c in np.unique(pred)):  # unsupervised clusters: match them to classes
         report["best_permutation"] = best_permutation_accuracy(pred, true)
         if "n_wall" in report and (~walls).any():
             inside = ~walls[truth.y, truth.x]
             report["best_permutation"]["domain_accuracy"] = best_permutation_accuracy(pred[inside], true[inside])["accuracy"]
     return report
+
+
+def calibration(probabilities: np.ndarray, correct: np.ndarray, bins: int = CALIBRATION_BINS) -> dict:
+    """Expected calibration error, mean confidence and reliability table of a prediction.
+
+    Parameters
+    ----------
+    probabilities : numpy.ndarray
+        (rows, cols, C) class probabilities.
+    correct : numpy.ndarray
+        (rows, cols) bool, whether the winning class is right.
+    bins : int
+        Equal-width confidence bins.
+
+    Returns
+    -------
+    dict
+        ``expected_calibration_error``, ``mean_confidence`` and ``reliability`` (per bin:
+        ``edges``, ``count``, ``confidence``, ``accuracy``).
+
+    Example
+    -------
+    >>> calibration(np.array([[[0.9, 0.1]]]), np.array([[True]]))["expected_calibration_error"]
+    0.09999999999999998
+    """
+    confidence = np.asarray(probabilities, np.float64).max(axis=-1)
+    if confidence.shape != np.shape(correct):
+        raise GhostmapError(f"probabilities cover {confidence.shape} positions but the map {np.shape(correct)}")
+    error, table = expected_calibration_error(confidence, correct, bins)
+    return {"expected_calibration_error": error, "mean_confidence": float(confidence.mean()), "reliability": table}
 
 
 def _pct(value) -> str:
@@ -103,6 +150,9 @@ def format_report(report: dict) -> str:
         wall, inside = report["wall_accuracy"], report["domain_accuracy"]
         lines.append(f"domain-wall accuracy: {_pct(wall)} on {report['n_wall']} positions; "
                      f"inside domains: {_pct(inside)} on {report['n'] - report['n_wall']}")
+    if "expected_calibration_error" in report:
+        lines.append(f"calibration: expected calibration error {report['expected_calibration_error']:.4f} "
+                     f"(mean confidence {report['mean_confidence']:.2%}, accuracy {report['accuracy']:.2%})")
     if "best_permutation" in report:
         bp = report["best_permutation"]
         lines.append(f"clusters matched to classes ({', '.join(f'{p} = {t}' for p, t in bp['mapping'].items())}): "

@@ -122,8 +122,14 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
     return chosen
 
 
-def build_network(arch: str, n_classes: int, input_shape: tuple[int, int]) -> nn.Module:
-    """A freshly initialised network of the named architecture."""
+def build_network(arch: str, n_classes: int, input_shape: tuple[int, int], members: int = 1) -> nn.Module:
+    """A freshly initialised network of the named architecture (``members`` > 1: a compact ensemble)."""
+    if members > 1:
+        if arch != "compact":
+            raise GhostmapError(f"only the compact architecture comes as an ensemble, not '{arch}'")
+        from .ensemble import EnsembleNet
+
+        return EnsembleNet(n_classes, input_shape, members=members)
     if arch == "paper":
         if min(input_shape) < 8:
             raise GhostmapError(f"the paper architecture needs inputs of at least 8 x 8, got {input_shape}")
@@ -189,6 +195,7 @@ class Model:
             "version": 1,
             "classes": list(self.classes),
             "arch": self.arch,
+            "members": int(getattr(self.network, "members", 1)),
             "input_shape": list(self.input_shape),
             "detector_shape": list(self.detector_shape),
             "preprocessing": self.preprocessing.to_dict(),
@@ -268,7 +275,8 @@ class Model:
             classes = tuple(str(c) for c in meta["classes"])
             prep = Preprocessing.from_dict(meta["preprocessing"])
             detector_shape = tuple(int(v) for v in meta["detector_shape"])
-            network = build_network(meta["arch"], len(classes), prep.output_shape(detector_shape))
+            network = build_network(meta["arch"], len(classes), prep.output_shape(detector_shape),
+                                    members=int(meta.get("members", 1)))
             state = read_weights()
             reference = state.pop(REFERENCE_KEY, None)
             if prep.subtract_mean and reference is None:

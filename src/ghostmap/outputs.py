@@ -26,6 +26,8 @@ logger = logging.getLogger(__name__)
 PREDICTIONS_FILE = "predictions.npz"
 DOMAIN_MAP_FILE = "domain_map.png"
 SUMMARY_FILE = "summary.png"
+RELIABILITY_FILE = "reliability.png"
+logger = logging.getLogger(__name__)
 CLASS_COLOURS = {"none": (1.0, 0.0, 0.0), "vertical": (0.0, 1.0, 0.0), "horizontal": (0.0, 0.0, 1.0)}
 _OTHER_COLOURS = [(1.0, 0.8, 0.0), (0.8, 0.0, 1.0), (0.0, 0.9, 0.9), (0.6, 0.6, 0.6)]
 
@@ -257,3 +259,58 @@ def save_preview(scan, path: str | Path) -> None:
     fig.suptitle(" ".join(str(f"{scan.source}  scan {scan.scan_shape}  detector {scan.detector_shape}").split()))
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
+def save_reliability_figure(path: str | Path, report: dict) -> Path:
+    """The reliability diagram of an evaluation report: accuracy against confidence per bin.
+
+    A calibrated model's bars sit on the diagonal. Drawn with matplotlib's object API
+    (no pyplot state is touched).
+
+    Parameters
+    ----------
+    path : str or Path
+        PNG to write (atomically).
+    report : dict
+        An evaluation report holding ``reliability`` and ``expected_calibration_error``
+        (:func:`ghostmap.evaluation.evaluate` with probabilities and full truth).
+
+    Returns
+    -------
+    Path
+        ``path``.
+
+    Example
+    -------
+    >>> save_reliability_figure("results/reliability.png", report)  # doctest: +SKIP
+    """
+    from matplotlib.figure import Figure
+
+    table = report["reliability"]
+    edges = np.asarray(table["edges"], float)
+    width = np.diff(edges)
+    filled = np.array([a is not None for a in table["accuracy"]])
+    accuracy = np.array([a if a is not None else 0.0 for a in table["accuracy"]])
+    confidence = np.array([c if c is not None else 0.0 for c in table["confidence"]])
+    count = np.asarray(table["count"], float)
+    fig = Figure(figsize=(8, 4), layout="constrained")
+    ax, hist = fig.subplots(1, 2)
+    ax.bar(edges[:-1][filled], accuracy[filled], width=width[filled], align="edge", color="#4c72b0",
+           edgecolor="white", label="accuracy")
+    ax.bar(edges[:-1][filled], (confidence - accuracy)[filled], bottom=accuracy[filled], width=width[filled],
+           align="edge", color="#dd8452", alpha=0.5, edgecolor="white", label="gap to confidence")
+    ax.plot([0, 1], [0, 1], color="black", linewidth=1, linestyle="--", label="calibrated")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence (winning class's probability)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"reliability: expected calibration error {report['expected_calibration_error']:.4f}")
+    ax.legend(loc="upper left", fontsize=8)
+    hist.bar(edges[:-1], np.maximum(count, 0.5), width=width, align="edge", color="#55a868", edgecolor="white")
+    hist.set_yscale("log")
+    hist.set_xlim(0, 1)
+    hist.set_xlabel("confidence")
+    hist.set_ylabel("positions")
+    hist.set_title("positions per confidence bin")
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    return path

@@ -1,6 +1,6 @@
 """Choose which scan positions a person should label next.
 
-Two strategies:
+Three strategies:
 
 ``random``
     A uniform draw, without replacement, from the positions not yet labelled.
@@ -12,6 +12,14 @@ Two strategies:
     i.e. that straddle a domain wall. Each round of labels halves the spacing, so the
     samples home in on the walls, where a classifier learns the most.
 
+``active``
+    Model-guided: without a model (or with fewer labels than training needs) exactly the
+    adaptive sampler's first batch, the coarse grid of step ``S``. With a model's
+    prediction of the whole scan, up to ``batch`` positions ranked by the model's
+    uncertainty (one minus the margin between its two most probable classes), chosen
+    greedily so that no two lie closer than ``min_distance`` positions: one batch does not
+    spend itself on one patch of wall.
+
 The sampler is stateless: what it proposes follows only from the labels already given,
 the budget, the step and the seed. A user can stop and resume at any time, and ask for
 new positions after every few labels or after all of them. Only the step must stay the
@@ -20,6 +28,7 @@ same between calls (pass the same ``step``, or the same budget for the default).
 
 from __future__ import annotations
 
+import logging
 import math
 import operator
 
@@ -28,9 +37,18 @@ import numpy as np
 from ghostmap.errors import GhostmapError
 from ghostmap.labels import Labels, check_in_scan
 
-__all__ = ["STRATEGIES", "propose", "default_step", "coarse_grid", "boundary_midpoints", "refinement_spacings"]
+__all__ = ["STRATEGIES", "propose", "default_step", "coarse_grid", "boundary_midpoints", "refinement_spacings",
+           "uncertainty", "spread_by_uncertainty", "DEFAULT_BATCH", "MIN_MODEL_LABELS"]
 
-STRATEGIES = ("adaptive", "random")
+logger = logging.getLogger(__name__)
+
+STRATEGIES = ("adaptive", "random", "active")
+#: Positions the active strategy proposes per call by default (see BENCHMARKS.md, "Active sampling").
+DEFAULT_BATCH = 10
+#: Labels a model needs before the active strategy follows it (training needs 4).
+MIN_MODEL_LABELS = 4
+#: Closest two positions of one active batch may lie, in scan positions (Chebyshev distance).
+DEFAULT_MIN_DISTANCE = 3
 
 #: The eight grid directions (dx, dy) a wall is looked for along.
 _DIRECTIONS = tuple((dx, dy) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dx, dy) != (0, 0))
@@ -220,6 +238,148 @@ def _propose_adaptive(scan_shape, labels: Labels, remaining: int, step: int, see
     return _EMPTY
 
 
+def uncertainty(probabilities: np.ndarray) -> np.ndarray:
+    """One minus the margin between the two most probable classes, per position (0 sure, 1 a coin toss).
+
+    Parameters
+    ----------
+    probabilities : numpy.ndarray
+        Class probabilities (rows, cols, C).
+
+    Returns
+    -------
+    numpy.ndarray
+        (rows, cols) float64 in [0, 1].
+
+    Example
+    -------
+    >>> uncertainty(np.array([[[0.5, 0.5], [1.0, 0.0]]]))
+    array([[1., 0.]])
+    """
+    p = np.asarray(probabilities, np.float64)
+    if p.ndim != 3 or p.shape[-1] < 2:
+        raise GhostmapError(f"class probabilities must be (rows, cols, classes >= 2), got shape {p.shape}")
+    top = np.sort(p, axis=-1)[..., -2:]
+    return 1.0 - (top[..., 1] - top[..., 0])
+
+
+def spread_by_uncertainty(score: np.ndarray, excluded: np.ndarray, k: int, min_distance: int,
+                          seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Up to ``k`` positions ``(x, y)``, most uncertain first, no two within ``min_distance``.
+
+    Greedy non-maximum suppression: take the most uncertain position left, then drop every
+    position within ``min_distance`` of it (Chebyshev distance), and repeat. Ties are broken
+    by a random order drawn from ``seed``. Excluded positions are never taken; if the
+    distance leaves fewer than ``k`` positions, it is halved until it does not (or is 0).
+
+    Parameters
+    ----------
+    score : numpy.ndarray
+        (rows, cols) uncertainty, higher first.
+    excluded : numpy.ndarray
+        (rows, cols) bool, positions never to propose (labelled ones).
+    k : int
+        Positions wanted.
+    min_distance : int
+        Positions of one batch lie at least this far apart.
+    seed : int
+        Seed of the tie-breaking order.
+
+    Returns
+    -------
+    tuple of numpy.ndarray
+        ``(x, y)`` int64, in the order chosen (most uncertain first).
+
+    Example
+    -------
+    >>> score = np.zeros((5, 5)); score[2, 2] = score[2, 3] = 1
+    >>> spread_by_uncertainty(score, np.zeros((5, 5), bool), 2, 2)[0][0]
+    np.int64(2)
+    """
+    score = np.asarray(score, np.float64)
+    rows, cols = score.shape
+    free = ~np.asarray(excluded, bool)
+    shuffle = np.random.default_rng(seed).permutation(score.size)
+    flat_score = score.ravel()[shuffle]
+    order = shuffle[np.argsort(-flat_score, kind="stable")]
+    order = order[free.ravel()[order]]
+    distance = max(0, int(min_distance))
+    while True:
+        blocked = np.zeros((rows, cols), bool)
+        picked: list[int] = []
+        for flat in order:
+            r, c = divmod(int(flat), cols)
+            if blocked[r, c]:
+                continue
+            picked.append(int(flat))
+            if len(picked) == k:
+                break
+            if distance:
+                blocked[max(0, r - distance + 1): r + distance, max(0, c - distance + 1): c + distance] = True
+        if len(picked) >= min(k, len(order)) or distance == 0:
+            break
+        distance //= 2
+    y, x = np.divmod(np.asarray(picked, np.int64), cols)
+    return x.astype(np.int64), y.astype(np.int64)
+
+
+def _checked_model(model, scan, labels: Labels):
+    """A model given as a folder loaded, and a model or prediction checked against the scan and labels."""
+    from ghostmap.model import Model
+    from ghostmap.prediction import Prediction
+
+    if isinstance(model, (Prediction, np.ndarray)):
+        classes = tuple(model.classes) if isinstance(model, Prediction) else None
+    else:
+        if not isinstance(model, Model):
+            model = Model.load(model)
+        if scan is None:
+            raise GhostmapError("the active strategy with a model needs the scan to predict")
+        from ghostmap.reading import as_scan
+
+        scan = as_scan(scan)
+        model.check_scan(scan.detector_shape, scan.source)
+        classes = tuple(model.classes)
+    if classes is not None:
+        unknown = sorted(set(labels.classes) - set(classes))
+        if unknown:
+            raise GhostmapError(f"the model knows the classes {', '.join(classes)} but the labels also use "
+                                f"{', '.join(unknown)}; train a model on these labels first")
+    return model, scan
+
+
+def _probabilities_of(model, scan, scan_shape: tuple[int, int]) -> np.ndarray:
+    """The (rows, cols, C) class probabilities the active strategy ranks."""
+    from ghostmap.model import Model
+    from ghostmap.prediction import Prediction, predict
+
+    if isinstance(model, Model):
+        probabilities = predict(scan, model).probabilities
+    elif isinstance(model, Prediction):
+        probabilities = model.probabilities
+    else:
+        probabilities = np.asarray(model)
+    if probabilities.ndim != 3 or probabilities.shape[:2] != tuple(scan_shape):
+        raise GhostmapError(f"the model's prediction has shape {probabilities.shape}, but the scan has "
+                            f"{scan_shape[0]} x {scan_shape[1]} positions")
+    return probabilities
+
+
+def _propose_active(scan_shape, labels: Labels, remaining: int, step: int, seed: int, model, scan, batch: int,
+                    min_distance: int):
+    if model is not None:
+        model, scan = _checked_model(model, scan, labels)
+    if model is None or len(labels) < MIN_MODEL_LABELS:
+        return _propose_adaptive(scan_shape, labels, remaining, step, seed)
+    probabilities = _probabilities_of(model, scan, scan_shape)
+    excluded = np.zeros(scan_shape, bool)
+    excluded[labels.y, labels.x] = True
+    x, y = spread_by_uncertainty(uncertainty(probabilities), excluded, min(batch, remaining), min_distance, seed)
+    logger.info("active sampling: %d positions, uncertainty %.3f to %.3f", len(x),
+                *(lambda u: (u.max(), u.min()) if u.size else (0.0, 0.0))(uncertainty(probabilities)[y, x]))
+    return _reading_order(x, y)
+
+
 def propose(
     scan_shape: tuple[int, int],
     labels: Labels | None,
@@ -227,6 +387,10 @@ def propose(
     strategy: str = "adaptive",
     step: int | None = None,
     seed: int = 0,
+    model=None,
+    scan=None,
+    batch: int | None = None,
+    min_distance: int = DEFAULT_MIN_DISTANCE,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Positions ``(x, y)`` to label next, so that no more than ``budget`` are labelled in all.
 
@@ -234,18 +398,66 @@ def propose(
     none twice, in reading order (row by row). ``strategy="adaptive"`` proposes the
     unlabelled points of the coarse grid of ``step`` (default :func:`default_step`)
     first, then midpoints across domain walls at ever finer spacings, and nothing once no
-    wall is left to refine; ``"random"`` draws uniformly from the unlabelled positions.
-    When more candidates than the budget allows are left, a spatially spread subset is
-    taken. Results are reproducible from ``seed``.
+    wall is left to refine; ``"random"`` draws uniformly from the unlabelled positions;
+    ``"active"`` proposes the adaptive sampler's first batch until a model is given and
+    at least :data:`MIN_MODEL_LABELS` labels exist, then up to ``batch`` of the positions
+    the model is least sure of, spread out. When more candidates than the budget allows
+    are left, a spatially spread subset is taken. Results are reproducible from ``seed``.
+
+    Parameters
+    ----------
+    scan_shape : tuple of int
+        (rows, cols) of the scan.
+    labels : Labels or None
+        Labels given so far.
+    budget : int
+        Labels wanted in all, those given included.
+    strategy : str
+        ``"adaptive"``, ``"random"`` or ``"active"``.
+    step : int, optional
+        Coarse grid step (default :func:`default_step`).
+    seed : int
+        Seed of every random choice.
+    model : Model, path, Prediction or numpy.ndarray, optional
+        ``"active"`` only: a trained model (or its folder; ``scan`` is then classified), a
+        :class:`~ghostmap.prediction.Prediction`, or class probabilities (rows, cols, C).
+    scan : optional
+        The scan, when ``model`` is a model to run.
+    batch : int, optional
+        ``"active"`` only: positions proposed per call once a model leads (default
+        :data:`DEFAULT_BATCH`).
+    min_distance : int
+        ``"active"`` only: the closest two positions of one batch may lie.
+
+    Returns
+    -------
+    tuple of numpy.ndarray
+        ``(x, y)`` int64 arrays.
+
+    Raises
+    ------
+    GhostmapError
+        Unknown strategy, bad numbers, labels outside the scan, or a model whose detector
+        shape, scan size or classes do not fit.
+
+    Example
+    -------
+    >>> x, y = propose((34, 206), None, 50, step=30)
+    >>> len(x)
+    14
     """
     rows, cols = _scan_shape(scan_shape)
     budget = _positive_int(budget, "budget")
     if strategy not in STRATEGIES:
-        raise GhostmapError(f"unknown sampling strategy {strategy!r} (choose {' or '.join(STRATEGIES)})")
+        raise GhostmapError(f"unknown sampling strategy {strategy!r} (choose {', '.join(STRATEGIES)})")
     if step is None:
         step = default_step((rows, cols), budget)
     step = _positive_int(step, "step")
     seed = _whole_number(seed, "seed", 0)
+    batch = DEFAULT_BATCH if batch is None else _positive_int(batch, "batch")
+    min_distance = _whole_number(min_distance, "min_distance", 0)
+    if model is not None and strategy != "active":
+        raise GhostmapError(f"a model guides only the active strategy, not {strategy!r} (use --strategy active)")
     labels = Labels.empty() if labels is None else labels
     check_in_scan(labels.x, labels.y, (rows, cols), what="label position")
     remaining = budget - len(labels)
@@ -253,4 +465,6 @@ def propose(
         return _EMPTY
     if strategy == "random":
         return _propose_random((rows, cols), set(labels.to_dict()), remaining, seed)
+    if strategy == "active":
+        return _propose_active((rows, cols), labels, remaining, step, seed, model, scan, batch, min_distance)
     return _propose_adaptive((rows, cols), labels, remaining, step, seed)

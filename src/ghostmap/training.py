@@ -13,6 +13,7 @@ it swaps horizontal and vertical polarization.
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -22,11 +23,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .ensemble import EnsembleNet, fit_temperature
 from .errors import GhostmapError
 from .labels import Labels, check_in_scan, class_order, read_labels, require_trainable
 from .model import Model, build_network, pick_device
 from .preprocessing import Preprocessing, fit_preprocessing, preprocess_positions
 from .reading import as_scan
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -46,6 +50,9 @@ class TrainingOptions:
     augment: bool = True
     seed: int = 0
     device: str | None = None
+    # compact network: an ensemble of this many, calibrated on held-out folds; 1 (the default) = one network.
+    # Not the default: 4 members cost 2x (64 px input) to 6x (128 px) the training time (BENCHMARKS.md)
+    members: int = 1
 
 
 def stratified_split(y: np.ndarray, val_fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -115,6 +122,23 @@ def default_input_size(arch: str) -> int:
     return 256 if arch == "paper" else 128
 
 
+def training_preprocessing(scan, arch: str = "compact", **options) -> Preprocessing:
+    """The preprocessing ``ghostmap train`` fits: ``options`` over the defaults for ``arch``.
+
+    The one place the training input size is chosen, so the command line, the label page's
+    preview and the Python API fit identical models from identical labels.
+
+    Example
+    -------
+    >>> prep = training_preprocessing(scan)  # doctest: +SKIP
+    >>> prep.output_shape(scan.detector_shape)  # doctest: +SKIP
+    (128, 128)
+    """
+    options = {k: v for k, v in options.items() if v is not None}
+    options.setdefault("target_size", default_input_size(arch))
+    return fit_preprocessing(as_scan(scan), **options)
+
+
 def train(
     scan,
     labels: Labels,
@@ -124,75 +148,162 @@ def train(
 ) -> Model:
     """Fit a classifier to ``labels`` on ``scan`` and return it with its training metrics.
 
-    ``scan`` is anything :func:`ghostmap.reading.as_scan` takes (a path, a NumPy array, an
-    h5py dataset, a hyperspy or py4DSTEM object); ``labels`` a :class:`Labels` or a label file.
+    With the compact network and ``options.members > 1`` the model is a
+    calibrated ensemble (:mod:`ghostmap.ensemble`): every member trained with a fixed
+    schedule on all labels but one fold, the temperature fitted to the held-out folds. With
+    the paper's network (or ``members=1``, the default) one network is trained on a stratified 80 % and
+    the checkpoint with the lowest loss on the other 20 % is kept, as in the paper.
 
-    ``progress(epoch, epochs, stats)`` is called after every epoch.
+    Parameters
+    ----------
+    scan
+        Anything :func:`ghostmap.reading.as_scan` takes (a path, a NumPy array, an h5py
+        dataset, a hyperspy or py4DSTEM object).
+    labels : Labels or path
+        At least 4 labels in at least two classes, inside the scan.
+    options : TrainingOptions, optional
+        Network, schedule and seed; the defaults are ``ghostmap train``'s.
+    preprocessing : Preprocessing, optional
+        Default: :func:`training_preprocessing` for the scan and architecture.
+    progress : callable, optional
+        ``progress(epoch, epochs, stats)``, called after every epoch.
+
+    Returns
+    -------
+    Model
+        The trained model; ``model.metrics`` holds the training figures.
+
+    Example
+    -------
+    >>> model = train("scan.npy", "labels.csv", TrainingOptions(seed=1))  # doctest: +SKIP
     """
     options = options or TrainingOptions()
     scan = as_scan(scan)
+    labels = checked_labels(scan, labels)
+    classes = class_order(labels.label)
+    prep = preprocessing or training_preprocessing(scan, options.arch)
+    prep.check_detector(scan.detector_shape)
+    torch.manual_seed(options.seed)
+    inputs = preprocess_positions(scan, labels.y, labels.x, prep).unsqueeze(1)
+    targets = torch.as_tensor([classes.index(str(name)) for name in labels.label])
+    members = ensemble_members(options, len(labels))
+    start = time.perf_counter()
+    if members > 1:
+        network, metrics = fit_ensemble(inputs, targets, classes, members, options, progress)
+    else:
+        network, metrics = fit_single(inputs, targets, classes, options, progress)
+    network.eval().cpu()
+    metrics.update(label_fit_metrics(network, inputs, targets, classes))
+    metrics.update(n_labels=int(len(labels)), seconds=round(time.perf_counter() - start, 2), seed=options.seed,
+                   augment=options.augment)
+    if metrics["collapsed"]:
+        logger.info("the model predicts '%s' for every labelled pattern", metrics["predicted_classes"][0])
+    return Model(network, classes, options.arch, prep, tuple(scan.detector_shape), metrics)
+
+
+def checked_labels(scan, labels) -> Labels:
+    """``labels`` (a :class:`Labels` or a label file) once checked trainable and inside ``scan``."""
     if not isinstance(labels, Labels):
         labels = read_labels(labels, scan_shape=scan.scan_shape)
     require_trainable(labels, "the labels")
     if len(labels) < 4:
         raise GhostmapError(f"only {len(labels)} labels; training needs at least 4")
     check_in_scan(labels.x, labels.y, scan.scan_shape, what="label at")
-    classes = class_order(labels.label)
-    prep = preprocessing or fit_preprocessing(scan, target_size=default_input_size(options.arch))
-    prep.check_detector(scan.detector_shape)
-    device = pick_device(options.device)
-    torch.manual_seed(options.seed)
-    rng = np.random.default_rng(options.seed)
-    gen = torch.Generator().manual_seed(options.seed)
+    return labels
 
-    inputs = preprocess_positions(scan, labels.y, labels.x, prep).unsqueeze(1)
-    targets = torch.as_tensor([classes.index(str(name)) for name in labels.label])
-    train_idx, val_idx = stratified_split(targets.numpy(), options.val_fraction, rng)
-    if len(val_idx) == 0:
-        val_idx = train_idx  # too few labels to hold any out; say so in the metrics
-    network = build_network(options.arch, len(classes), tuple(inputs.shape[2:])).to(device)
+
+def ensemble_members(options: TrainingOptions, n_labels: int) -> int:
+    """Networks in the model: ``options.members`` for the compact network (at most one per label), else 1."""
+    if options.members < 1:
+        raise GhostmapError(f"members must be at least 1, got {options.members}")
+    if options.arch != "compact":
+        return 1
+    return int(min(options.members, n_labels))
+
+
+def stratified_folds(y: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Fold index (0 .. k-1) of every label: each class dealt round the folds in a random order.
+
+    Consecutive classes continue where the previous one stopped, so folds differ in size by
+    at most one label.
+
+    Example
+    -------
+    >>> np.bincount(stratified_folds(np.array([0, 0, 0, 1, 1, 1, 1]), 3, np.random.default_rng(0)))
+    array([3, 2, 2])
+    """
+    folds = np.empty(len(y), np.int64)
+    offset = 0
+    for cls in np.unique(y):
+        idx = rng.permutation(np.flatnonzero(y == cls))
+        folds[idx] = (offset + np.arange(len(idx))) % k
+        offset += len(idx)
+    return folds
+
+
+def make_optimiser(network: torch.nn.Module, options: TrainingOptions, n_train: int, epochs: int, schedule: str):
+    """AdamW with the paper's betas and weight decay, and its learning-rate schedule."""
     lr = options.lr or (4e-4 if options.arch == "paper" else 1e-3)
-    optimiser = torch.optim.AdamW(
-        network.parameters(), lr=lr, weight_decay=options.weight_decay, betas=(0.9, 0.999)
-    )
-    epochs = options.epochs or default_epochs(len(train_idx), options.batch_size)
-    schedule = options.schedule or ("plateau" if options.arch == "paper" else "cosine")
+    optimiser = torch.optim.AdamW(network.parameters(), lr=lr, weight_decay=options.weight_decay, betas=(0.9, 0.999))
     if schedule == "plateau":
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimiser, factor=options.plateau_factor, patience=options.patience, min_lr=options.min_lr
-        )
+            optimiser, factor=options.plateau_factor, patience=options.patience, min_lr=options.min_lr)
     elif schedule == "cosine":
-        total = epochs * math.ceil(len(train_idx) / options.batch_size)
+        total = epochs * math.ceil(n_train / options.batch_size)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, one_cycle(total, options.min_lr / lr))
     else:
         raise GhostmapError(f"unknown schedule '{schedule}'; choose plateau or cosine")
+    return optimiser, scheduler
+
+
+def run_epoch(network, inputs, targets, order, options: TrainingOptions, optimiser, scheduler, step_each_batch: bool,
+              swap, gen: torch.Generator, loss_of, device) -> dict:
+    """One pass over the training labels in ``order``; returns the epoch's loss and accuracy."""
+    network.train()
+    total, correct, seen = 0.0, 0, 0
+    for b in range(0, len(order), options.batch_size):
+        idx = order[b : b + options.batch_size]
+        xb, yb = inputs[idx], targets[idx]
+        if options.augment:
+            xb, yb = augment_batch(xb, yb, swap, gen)
+        xb, yb = xb.to(device), yb.to(device)
+        loss, predicted = loss_of(network, xb, yb, idx)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        if step_each_batch:
+            scheduler.step()
+        total += loss.item() * len(idx)
+        correct += int((predicted == yb).sum())
+        seen += len(idx)
+    return {"loss": total / seen, "accuracy": correct / seen, "lr": optimiser.param_groups[0]["lr"]}
+
+
+def _plain_loss(network, xb, yb, idx):
+    logits = network(xb)
+    return F.cross_entropy(logits, yb), logits.argmax(1)
+
+
+def fit_single(inputs, targets, classes, options: TrainingOptions, progress=None) -> tuple[torch.nn.Module, dict]:
+    """One network on a stratified split, keeping the checkpoint with the lowest validation loss."""
+    device = pick_device(options.device)
+    rng = np.random.default_rng(options.seed)
+    gen = torch.Generator().manual_seed(options.seed)
+    train_idx, val_idx = stratified_split(targets.numpy(), options.val_fraction, rng)
+    held_out = len(val_idx) > 0
+    if not held_out:
+        val_idx = train_idx  # too few labels to hold any out; say so in the metrics
+    network = build_network(options.arch, len(classes), tuple(inputs.shape[2:])).to(device)
+    epochs = options.epochs or default_epochs(len(train_idx), options.batch_size)
+    schedule = options.schedule or ("plateau" if options.arch == "paper" else "cosine")
+    optimiser, scheduler = make_optimiser(network, options, len(train_idx), epochs, schedule)
     swap = swap_pairs(classes) if options.augment else None
     x_val, y_val = inputs[val_idx].to(device), targets[val_idx].to(device)
-
-    best = {"val_loss": math.inf}
-    best_state = None
-    history = []
-    start = time.perf_counter()
+    best, best_state, history = {"val_loss": math.inf}, None, []
     for epoch in range(1, epochs + 1):
-        network.train()
         order = train_idx[torch.randperm(len(train_idx), generator=gen).numpy()]
-        total, correct, seen = 0.0, 0, 0
-        for b in range(0, len(order), options.batch_size):
-            idx = order[b : b + options.batch_size]
-            xb, yb = inputs[idx], targets[idx]
-            if options.augment:
-                xb, yb = augment_batch(xb, yb, swap, gen)
-            xb, yb = xb.to(device), yb.to(device)
-            logits = network(xb)
-            loss = F.cross_entropy(logits, yb)
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-            if schedule == "cosine":
-                scheduler.step()
-            total += loss.item() * len(idx)
-            correct += int((logits.argmax(1) == yb).sum())
-            seen += len(idx)
+        stats = run_epoch(network, inputs, targets, order, options, optimiser, scheduler, schedule == "cosine",
+                          swap, gen, _plain_loss, device)
         network.eval()
         with torch.inference_mode():
             val_logits = network(x_val)
@@ -200,14 +311,8 @@ def train(
             val_acc = float((val_logits.argmax(1) == y_val).float().mean())
         if schedule == "plateau":
             scheduler.step(val_loss)
-        stats = {
-            "epoch": epoch,
-            "loss": total / seen,
-            "accuracy": correct / seen,
-            "val_loss": val_loss,
-            "val_accuracy": val_acc,
-            "lr": optimiser.param_groups[0]["lr"],
-        }
+        stats = {"epoch": epoch, "loss": stats["loss"], "accuracy": stats["accuracy"], "val_loss": val_loss,
+                 "val_accuracy": val_acc, "lr": optimiser.param_groups[0]["lr"]}
         history.append(stats)
         if val_loss < best["val_loss"]:
             best = dict(stats)
@@ -215,30 +320,82 @@ def train(
         if progress:
             progress(epoch, epochs, stats)
     network.load_state_dict(best_state)
-    network.eval().cpu()
+    metrics = {"members": 1, "n_train": int(len(train_idx)), "n_validation": int(len(val_idx)) if held_out else 0,
+               "epochs": epochs, "best_epoch": best["epoch"], "val_loss": best["val_loss"],
+               "val_accuracy": best["val_accuracy"], "history": _rounded(history)}
+    return network, metrics
 
+
+def fit_ensemble(inputs, targets, classes, members: int, options: TrainingOptions,
+                 progress=None) -> tuple[torch.nn.Module, dict]:
+    """``members`` compact networks, each on all labels but one fold, then a temperature from the held-out folds.
+
+    A fixed schedule (no checkpoint chosen on a handful of labels); ``val_loss`` and
+    ``val_accuracy`` are the cross-validated figures (every label predicted by the member that
+    never saw it), the loss after calibration.
+    """
+    device = pick_device(options.device)
+    rng = np.random.default_rng(options.seed)
+    gen = torch.Generator().manual_seed(options.seed)
+    folds = torch.as_tensor(stratified_folds(targets.numpy(), members, rng))
+    trains_on = F.one_hot(folds, members) == 0  # (N, members): member k trains on every label outside fold k
+    network = EnsembleNet(len(classes), tuple(inputs.shape[2:]), members=members).to(device)
+    n = len(targets)
+    epochs = options.epochs or default_epochs(n, options.batch_size)
+    optimiser, scheduler = make_optimiser(network, options, n, epochs, "cosine")
+    swap = swap_pairs(classes) if options.augment else None
+
+    def loss_of(net, xb, yb, idx):
+        z = net.member_logits(xb)  # (B, K, C)
+        mask = trains_on[torch.as_tensor(idx)].to(xb.device).float()
+        each = F.cross_entropy(z.reshape(-1, z.shape[-1]), yb.repeat_interleave(members), reduction="none")
+        each = each.reshape(-1, members) * mask
+        loss = (each.sum(0) / mask.sum(0).clamp(min=1)).sum()  # every member's mean loss, summed
+        return loss, z.mean(1).argmax(1)
+
+    history = []
+    everything = np.arange(n)
+    for epoch in range(1, epochs + 1):
+        order = everything[torch.randperm(n, generator=gen).numpy()]
+        stats = run_epoch(network, inputs, targets, order, options, optimiser, scheduler, True, swap, gen,
+                          loss_of, device)
+        stats = {"epoch": epoch, **stats, "val_loss": math.nan, "val_accuracy": math.nan}
+        history.append(stats)
+        if progress:
+            progress(epoch, epochs, stats)
+    network.eval()
     with torch.inference_mode():
-        predicted = network(inputs).argmax(1)
+        z = torch.cat([network.member_logits(inputs[b : b + 256].to(device)).cpu() for b in range(0, n, 256)])
+    held_out = z[torch.arange(n), folds]  # each label's logits from the member that never saw it
+    temperature = fit_temperature(held_out, targets)
+    network.temperature.fill_(temperature)
+    cv_loss_raw = float(F.cross_entropy(held_out, targets))
+    cv_loss = float(F.cross_entropy(held_out / temperature, targets))
+    cv_acc = float((held_out.argmax(1) == targets).float().mean())
+    history[-1].update(val_loss=cv_loss, val_accuracy=cv_acc)
+    logger.info("ensemble of %d: cross-validated accuracy %.3f, temperature %.2f", members, cv_acc, temperature)
+    metrics = {"members": members, "n_train": n, "n_validation": 0, "cross_validated": n, "epochs": epochs,
+               "best_epoch": epochs, "val_loss": cv_loss, "val_accuracy": cv_acc, "val_loss_uncalibrated": cv_loss_raw,
+               "temperature": round(temperature, 4), "calibration": "temperature scaling on out-of-fold predictions",
+               "history": _rounded(history)}
+    return network, metrics
+
+
+def label_fit_metrics(network, inputs, targets, classes) -> dict:
+    """How the trained network fits its own labels, and whether it collapsed to one class."""
+    with torch.inference_mode():
+        predicted = torch.cat([network(inputs[b : b + 256]).argmax(1) for b in range(0, len(inputs), 256)])
     counts = np.bincount(targets.numpy(), minlength=len(classes))
-    prior_entropy = float(-(counts[counts > 0] / counts.sum() * np.log(counts[counts > 0] / counts.sum())).sum())
-    collapsed = len(torch.unique(predicted)) == 1
-    predicted_classes = sorted({classes[i] for i in predicted.tolist()})
-    metrics = {
-        "n_labels": int(len(labels)),
-        "n_train": int(len(train_idx)),
-        "n_validation": int(len(val_idx)) if val_idx is not train_idx else 0,
-        "label_counts": {c: int(n) for c, n in zip(classes, counts)},
-        "epochs": epochs,
-        "best_epoch": best["epoch"],
-        "val_loss": best["val_loss"],
-        "val_accuracy": best["val_accuracy"],
+    share = counts[counts > 0] / counts.sum()
+    return {
+        "label_counts": {c: int(k) for c, k in zip(classes, counts)},
         "train_accuracy_all_labels": float((predicted == targets).float().mean()),
-        "prior_entropy": prior_entropy,
-        "collapsed": bool(collapsed),
-        "predicted_classes": predicted_classes,
-        "seconds": round(time.perf_counter() - start, 2),
-        "seed": options.seed,
-        "augment": options.augment,
-        "history": [{k: round(v, 5) if isinstance(v, float) else v for k, v in h.items()} for h in history],
+        "prior_entropy": float(-(share * np.log(share)).sum()),
+        "collapsed": bool(len(torch.unique(predicted)) == 1),
+        "predicted_classes": sorted({classes[i] for i in predicted.tolist()}),
     }
-    return Model(network, classes, options.arch, prep, tuple(scan.detector_shape), metrics)
+
+
+def _rounded(history: list[dict]) -> list[dict]:
+    return [{k: (round(v, 5) if isinstance(v, float) and math.isfinite(v) else (None if isinstance(v, float) else v))
+             for k, v in h.items()} for h in history]

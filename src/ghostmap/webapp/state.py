@@ -29,10 +29,10 @@ from ghostmap.atomic import write_text
 from ghostmap.errors import GhostmapError
 from ghostmap.labels import DEFAULT_CLASSES, Labels, class_fractions, read_labels, write_labels
 from ghostmap.outputs import class_colours, domain_rgb
-from ghostmap.preprocessing import Preprocessing, fit_preprocessing, preprocess_positions
+from ghostmap.preprocessing import Preprocessing, preprocess_positions
 from ghostmap.reading import bright_field_mask, mean_pattern, virtual_image
-from ghostmap.sampling import STRATEGIES, propose
-from ghostmap.training import TrainingOptions
+from ghostmap.sampling import STRATEGIES, propose, uncertainty
+from ghostmap.training import TrainingOptions, training_preprocessing
 
 from . import render
 
@@ -46,7 +46,7 @@ SIDECAR_VERSION = 1
 MAX_HISTORY = 500
 #: Labels (in at least two classes) needed before "Train and preview" is offered.
 MIN_TRAIN_LABELS = 6
-#: Least confident positions proposed at a time in the "uncertainty" queue mode.
+#: Least confident positions proposed at a time in the "uncertainty" queue mode (the active sampler's batch).
 UNCERTAIN_QUEUE = 20
 #: Where the next positions come from: the adaptive/random sampler, or the preview's least confident positions.
 QUEUE_MODES = ("sampler", "uncertainty")
@@ -145,11 +145,13 @@ class LabelSession:
         self._load_sidecar()
         self._queue_cache: tuple[int, list] | None = None
         self._version = 0  # bumped on every change of labels or skips
-        # computed once: what the network sees is fitted like training does, the overview is the bright field
-        self.preprocessing: Preprocessing = fit_preprocessing(scan)
+        # computed once: what the network sees is fitted exactly as 'ghostmap train' fits it (same input size
+        # for the same architecture), the overview is the bright field
+        self.preprocessing: Preprocessing = training_preprocessing(scan, self.training_options.arch)
         mean = mean_pattern(scan)
         self.bright_field = virtual_image(scan, bright_field_mask(mean))
         self._prediction = None
+        self.model = None  # the model behind the preview, once trained
         self._preview_version = 0
         self._training = {"state": "idle", "message": ""}
         self._thread: threading.Thread | None = None
@@ -242,15 +244,20 @@ class LabelSession:
             return list(queue)
 
     def _uncertain(self) -> list[tuple[int, int]]:
-        confidence = self._prediction.confidence.astype(np.float64).copy()
-        for x, y in self._labels.to_dict():
-            confidence[y, x] = np.inf
-        for x, y in self._skipped:
-            confidence[y, x] = np.inf
-        flat = np.argsort(confidence, axis=None, kind="stable")[:UNCERTAIN_QUEUE]
-        flat = flat[np.isfinite(confidence.ravel()[flat])]
-        ys, xs = np.unravel_index(flat, confidence.shape)
-        return list(zip(xs.tolist(), ys.tolist()))
+        """The active sampler's batch on the preview (``propose(strategy="active")``), least sure first.
+
+        The preview's probabilities are passed, not its classes: a class labelled after the
+        preview was trained must not stop the queue. Skipped positions go last, as in the
+        sampler's queue.
+        """
+        probabilities = self._prediction.probabilities
+        x, y = propose((self.rows, self.cols), self._labels, self.budget, strategy="active", step=self.step,
+                       seed=self.seed, model=probabilities, batch=UNCERTAIN_QUEUE)
+        score = uncertainty(probabilities)[y, x]
+        order = np.argsort(-score, kind="stable")
+        proposed = [(int(x[i]), int(y[i])) for i in order]
+        skipped = set(self._skipped)
+        return [p for p in proposed if p not in skipped] + [p for p in self._skipped if p in set(proposed)]
 
     def current(self) -> tuple[int, int] | None:
         """The position being looked at: one opened on the overview, else the head of the queue."""
@@ -462,13 +469,14 @@ class LabelSession:
             if m["collapsed"]:
                 summary += f" - warning: the model collapsed to '{m['predicted_classes'][0]}'; label more"
             with self._lock:
+                self.model = model
                 self._prediction = result
                 self._preview_version += 1
                 self._training = {"state": "done", "phase": "done", "done": 1, "total": 1, "message": summary,
                                   "n_labels": len(labels), "val_accuracy": m["val_accuracy"],
                                   "collapsed": bool(m["collapsed"]), "seconds": m["seconds"]}
         except Exception as exc:  # noqa: BLE001 - reported to the page, the server keeps running
-            logger.exception("train and preview failed")
+            logger.exception("train and preview failed on %d labels", len(labels))
             with self._lock:
                 self._training = {"state": "failed", "phase": "failed", "message": " ".join(str(exc).split())
                                   or type(exc).__name__}

@@ -1,0 +1,83 @@
+"""Tests for ghostmap.ensemble: the grouped ensemble network, temperature scaling, calibration error."""
+
+import numpy as np
+import pytest
+import torch
+
+from ghostmap.ensemble import EnsembleNet, expected_calibration_error, fit_temperature
+from ghostmap.model import CompactNet
+
+
+def overconfident(n: int, seed: int, sharpness: float = 4.0):
+    """Logits whose softmax is ``sharpness`` times too sure: the true model is softmax(logits / sharpness)."""
+    gen = torch.Generator().manual_seed(seed)
+    true_logits = 2.0 * torch.randn(n, 3, generator=gen)
+    targets = torch.multinomial(torch.softmax(true_logits, 1), 1, generator=gen).squeeze(1)
+    return sharpness * true_logits, targets
+
+
+def test_temperature_scaling_lowers_the_error_on_held_out_data_and_keeps_the_classes():
+    fit_logits, fit_targets = overconfident(400, seed=0)
+    test_logits, test_targets = overconfident(4000, seed=1)
+    temperature = fit_temperature(fit_logits, fit_targets)
+    assert 2.5 < temperature < 6.0  # the data were made 4 times too sharp
+    before = torch.softmax(test_logits, 1)
+    after = torch.softmax(test_logits / temperature, 1)
+    assert torch.equal(before.argmax(1), after.argmax(1))  # the predicted classes do not change
+    correct = (before.argmax(1) == test_targets).numpy()
+    ece_before, _ = expected_calibration_error(before.max(1).values.numpy(), correct)
+    ece_after, _ = expected_calibration_error(after.max(1).values.numpy(), correct)
+    assert ece_after < 0.5 * ece_before
+    assert ece_after < 0.05
+
+
+def test_temperature_stays_within_its_bounds():
+    logits = torch.tensor([[9.0, 0.0], [9.0, 0.0], [9.0, 0.0]])
+    assert fit_temperature(logits, torch.tensor([1, 1, 0])) == pytest.approx(8.0, rel=0.05)
+    assert fit_temperature(logits, torch.tensor([0, 0, 0])) == pytest.approx(0.25, rel=0.05)
+    assert fit_temperature(torch.zeros(0, 2), torch.zeros(0, dtype=torch.long)) == 1.0
+
+
+def test_expected_calibration_error_and_table():
+    conf = np.array([0.95] * 100 + [0.55] * 100)
+    hit = np.array([True] * 95 + [False] * 5 + [True] * 55 + [False] * 45)
+    error, table = expected_calibration_error(conf, hit, bins=10)
+    assert error == pytest.approx(0.0, abs=1e-12)
+    assert sum(table["count"]) == 200 and table["accuracy"][9] == pytest.approx(0.95)
+    assert table["accuracy"][0] is None
+    error, _ = expected_calibration_error(np.full(10, 0.9), np.zeros(10, bool))
+    assert error == pytest.approx(0.9)
+    with pytest.raises(ValueError):
+        expected_calibration_error(np.ones(3), np.ones(2, bool))
+
+
+def test_ensemble_output_is_the_members_mean_logit_over_the_temperature():
+    torch.manual_seed(0)
+    net = EnsembleNet(3, (32, 32), members=4).eval()
+    net.temperature.fill_(2.0)
+    x = torch.randn(5, 1, 32, 32)
+    with torch.no_grad():
+        members = net.member_logits(x)
+        out = net(x)
+    assert members.shape == (5, 4, 3) and out.shape == (5, 3)
+    assert torch.allclose(out, members.mean(1) / 2.0, atol=1e-6)
+    net.temperature.fill_(1.0)
+    with torch.no_grad():
+        assert torch.equal(net(x).argmax(1), out.argmax(1))  # the temperature never changes the class
+
+
+def test_members_are_independent_networks():
+    # a member's output depends only on its own weights: zeroing member 0's head leaves the others unchanged
+    torch.manual_seed(1)
+    net = EnsembleNet(2, (32, 32), members=3).eval()
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        before = net.member_logits(x)
+        last = net.head[-1]
+        last.weight[:2] = 0
+        last.bias[:2] = 0
+        after = net.member_logits(x)
+    assert torch.allclose(after[:, 0], torch.zeros(2, 2))
+    assert torch.equal(before[:, 1:], after[:, 1:])
+    # each member has the compact network's parameter count
+    assert sum(p.numel() for p in net.parameters()) == 3 * sum(p.numel() for p in CompactNet(2, (32, 32)).parameters())
