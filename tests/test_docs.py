@@ -16,7 +16,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 TUTORIAL = ROOT / "docs" / "tutorial.ipynb"
 # Modules whose docstring examples run (others' examples need files: they are marked +SKIP).
-DOCTEST_MODULES = ["labels", "outputs", "evaluation", "series", "simulate", "watch", "errors"]
+DOCTEST_MODULES = ["labels", "outputs", "evaluation", "series", "simulate", "watch", "errors",
+                   "model", "result", "prediction", "preprocessing", "io.base", "io.registry"]
 
 
 @pytest.mark.parametrize("name", DOCTEST_MODULES)
@@ -36,7 +37,7 @@ def test_public_names_have_examples():
 
     for name in ghostmap.__all__:
         doc = getattr(ghostmap, name).__doc__ or ""
-        if getattr(ghostmap, name).__module__.split(".")[-1] in DOCTEST_MODULES:
+        if getattr(ghostmap, name).__module__.removeprefix("ghostmap.") in DOCTEST_MODULES:
             assert "Examples\n" in doc, f"ghostmap.{name} has no Examples section"
 
 

@@ -141,7 +141,48 @@ def build_network(arch: str, n_classes: int, input_shape: tuple[int, int], membe
 
 @dataclass
 class Model:
-    """A trained classifier with everything needed to apply it to a new scan."""
+    """A trained classifier with everything needed to apply it to a new scan.
+
+    :func:`ghostmap.train` makes one and :meth:`load` reads one back from a model folder;
+    :func:`ghostmap.predict` applies it. Building one by hand, as below, is for tests and
+    examples: the network is then untrained.
+
+    Parameters
+    ----------
+    network : torch.nn.Module
+        The classifier, taking (n, 1, h, w) preprocessed patterns to (n, len(classes)) scores;
+        see ``build_network``.
+    classes : tuple of str
+        The class names, in the order of the network's outputs.
+    arch : str
+        The architecture's name: ``"compact"`` (the default of :func:`ghostmap.train`) or ``"paper"``.
+    preprocessing : Preprocessing
+        How raw patterns become the network's input; applied identically in prediction.
+    detector_shape : tuple of int
+        (det_rows, det_cols) of the patterns the model was trained on; scans with another
+        detector shape are refused.
+    metrics : dict, optional
+        Training metrics (accuracy, loss, ...) kept with the model in ``model.json``.
+
+    Raises
+    ------
+    GhostmapError
+        From :meth:`load`, :meth:`from_bytes` and :meth:`check_scan`: a missing, damaged or
+        mismatched model folder, or a scan the model does not fit.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import ghostmap as gm
+    >>> from ghostmap.model import build_network
+    >>> model = gm.Model(build_network("compact", 2, (32, 32)), ("up", "down"), "compact",
+    ...                  gm.Preprocessing(pool=1), (32, 32))
+    >>> model.input_shape
+    (32, 32)
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     gm.Model.load(model.save(f"{folder}/model")).classes
+    ('up', 'down')
+    """
 
     network: nn.Module
     classes: tuple[str, ...]
@@ -152,6 +193,7 @@ class Model:
 
     @property
     def input_shape(self) -> tuple[int, int]:
+        """(h, w) of one preprocessed pattern: what the network takes."""
         return self.preprocessing.output_shape(self.detector_shape)
 
     def check_scan(self, detector_shape: tuple[int, int], source: str = "the scan") -> None:

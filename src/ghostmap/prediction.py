@@ -333,9 +333,60 @@ def predict(
 ) -> Prediction:
     """Class probabilities for every pattern of ``scan``.
 
-    ``scan`` is anything :func:`ghostmap.reading.as_scan` takes; ``model`` a :class:`Model`
-    or a model folder. ``progress(patterns_done, patterns_total)`` is called after every block.
-    ``batch_size`` and ``compile``: see :func:`iter_predictions`.
+    The scan is streamed in blocks of scan rows, preprocessed exactly as in training
+    (the model's :class:`Preprocessing`, neighbourhood pooling included) and classified, so
+    memory stays bounded whatever the scan size.
+
+    Parameters
+    ----------
+    scan : Scan, str, os.PathLike or array-like
+        Anything :func:`ghostmap.as_scan` takes: a :class:`Scan`, a scan file, a 4-D
+        (scan_row, scan_col, det_row, det_col) NumPy, h5py, zarr or dask array, ...
+    model : Model, str or os.PathLike
+        A trained :class:`Model`, or the model folder to load it from.
+    batch_size : int, optional
+        The most patterns per forward pass; on the CPU capped to keep activations within
+        about 64 MB (see ``iter_predictions``). Default: chosen from that budget.
+    device : str, optional
+        ``"cpu"``, ``"cuda"``, ``"cuda:1"`` ...; default CUDA when available, else the CPU.
+    rows_per_block : int, optional
+        Scan rows read at a time; default: as many as fit in about 32 MB of raw data.
+    prefetch : bool, optional
+        Read and bin the next block in a background thread while this one is classified.
+    progress : callable, optional
+        ``progress(patterns_done, patterns_total)``, called after every block.
+    compile : str, optional
+        ``None``/``"none"`` (eager PyTorch), ``"inductor"`` (``torch.compile``) or ``"bf16"``
+        (bfloat16 autocast); see ``prepare_network``.
+
+    Returns
+    -------
+    Prediction
+        Class indices, probabilities, class names and the virtual bright-field image,
+        each (rows, cols) over the scan positions.
+
+    Raises
+    ------
+    GhostmapError
+        When the scan or model cannot be read, the scan's detector shape differs from the
+        model's, or the device or compile mode is unknown or unavailable.
+
+    Examples
+    --------
+    An untrained network, to keep the example quick; :func:`ghostmap.train` makes a real one.
+
+    >>> import ghostmap as gm
+    >>> from ghostmap.model import build_network
+    >>> data, truth = gm.simulate_scan((4, 6), detector=32, seed=0)
+    >>> scan = gm.as_scan(data)
+    >>> prep = gm.fit_preprocessing(scan, pool=1)
+    >>> network = build_network("compact", 3, prep.output_shape(scan.detector_shape))
+    >>> model = gm.Model(network, ("none", "vertical", "horizontal"), "compact", prep, scan.detector_shape)
+    >>> result = gm.predict(scan, model, device="cpu")
+    >>> result.labels.shape, result.probabilities.shape
+    ((4, 6), (4, 6, 3))
+    >>> bool(abs(result.probabilities.sum(-1) - 1).max() < 1e-5)
+    True
     """
     scan = as_scan(scan)
     if not isinstance(model, Model):

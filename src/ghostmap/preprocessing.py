@@ -40,7 +40,57 @@ POOL_MODES = ("mean", "max")
 
 @dataclass
 class Preprocessing:
-    """How raw patterns become network input. Stored with the model as JSON."""
+    """How raw patterns become network input. Stored with the model as JSON.
+
+    Usually made by :func:`fit_preprocessing`, which adds the scan's bad pixels (and, with
+    ``subtract_mean``, its reference pattern). The steps are described in
+    :mod:`ghostmap.preprocessing`.
+
+    Parameters
+    ----------
+    bin : int or None, optional
+        Sum ``bin`` x ``bin`` detector pixels; None: the smallest factor that brings the
+        (cropped) detector to ``target_size`` pixels or fewer.
+    target_size : int, optional
+        The largest side of a binned pattern when ``bin`` is None.
+    crop : tuple of int or None, optional
+        Detector window (row_start, row_stop, col_start, col_stop), applied before binning.
+    transform : str, optional
+        Intensity transform of the counts: ``"sqrt"``, ``"log"`` (log1p), ``"gamma"`` or ``"none"``.
+    gamma : float, optional
+        Exponent of the ``"gamma"`` transform.
+    normalise : str, optional
+        ``"standard"`` (each pattern to zero mean, unit variance) or ``"none"``.
+    pool : int, optional
+        Odd size k of the k x k neighbourhood of probe positions pooled into each pattern
+        (1: no pooling).
+    pool_mode : str, optional
+        ``"mean"`` or ``"max"`` over that neighbourhood.
+    bad_pixels : list of tuple of int, optional
+        Detector (row, col) pixels replaced by the mean of their good neighbours.
+    subtract_mean : bool, optional
+        Subtract ``reference`` after the transform, leaving what differs between patterns.
+    reference : numpy.ndarray or None, optional
+        The transformed mean pattern (h, w) of the training scan, for ``subtract_mean``;
+        stored in the weights file, not the JSON.
+
+    Raises
+    ------
+    GhostmapError
+        For an unknown transform, normalisation or pool mode, an even or non-positive
+        ``pool``, ``bin`` below 1, a non-positive ``gamma`` or a crop without four numbers.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ghostmap import Preprocessing
+    >>> prep = Preprocessing(target_size=16, pool=1)
+    >>> prep.output_shape((64, 64))
+    (16, 16)
+    >>> x = prep.apply(np.random.default_rng(0).poisson(5, (2, 64, 64)).astype(np.uint16))
+    >>> tuple(x.shape), bool(abs(float(x[0].mean())) < 1e-5), round(float(x[0].std()), 3)
+    ((2, 16, 16), True, 1.0)
+    """
 
     bin: int | None = None  # None: the smallest factor that brings the detector to target_size pixels or fewer
     target_size: int = 256
@@ -353,6 +403,35 @@ def fit_preprocessing(scan, **options) -> Preprocessing:
 
     Bad pixels are found from the mean and maximum of an evenly strided subset of
     patterns, which is enough for defects that sit at the same place in every pattern.
+    The automatic bin factor is fixed for the scan's detector.
+
+    Parameters
+    ----------
+    scan : Scan
+        The (training) scan, as from :func:`ghostmap.open_scan` or :func:`ghostmap.as_scan`.
+    **options
+        Fields of :class:`Preprocessing` (``bin``, ``target_size``, ``crop``, ``pool``, ...).
+        Given ``bad_pixels`` are kept instead of searching the scan for them.
+
+    Returns
+    -------
+    Preprocessing
+        Resolved for ``scan.detector_shape``, with its bad pixels and, when
+        ``subtract_mean`` is set, its reference pattern.
+
+    Raises
+    ------
+    GhostmapError
+        For an invalid option, or a crop and bin that do not fit the detector or leave
+        patterns smaller than 8 x 8 pixels.
+
+    Examples
+    --------
+    >>> import ghostmap as gm
+    >>> data, truth = gm.simulate_scan((4, 6), detector=64, seed=0)
+    >>> prep = gm.fit_preprocessing(gm.as_scan(data), target_size=32)
+    >>> prep.bin, prep.output_shape((64, 64))
+    (2, (32, 32))
     """
     from .reading import mean_and_max_pattern
 

@@ -171,11 +171,39 @@ class _OpenFiles:
 class Scan(_OpenFiles):
     """A lazily opened 4D-STEM scan, axes (scan_row, scan_col, det_row, det_col).
 
-    ``data`` is the underlying lazy array, already in that axis order; ``source`` says
-    where it came from; ``info`` (a :class:`FormatInfo`) the format, reader and
-    calibrations. Reads return in-memory arrays in native byte order. A block that
-    cannot be decoded (a corrupt compressed chunk) is a one-line GhostmapError naming
-    the file and the scan rows it hit.
+    Nothing is read until rows, a box or a pattern are asked for; reads return in-memory
+    arrays in native byte order. :func:`ghostmap.open_scan` and :func:`ghostmap.as_scan`
+    make one from a file or an array. Close it (or use it in a ``with``) to close its files.
+
+    Parameters
+    ----------
+    data : array-like
+        The underlying lazy 4-D array, already in (scan_row, scan_col, det_row, det_col)
+        order: anything with ``shape``, ``dtype`` and NumPy-style slicing.
+    source : str, optional
+        Where the data came from, used in messages.
+    files : tuple of pathlib.Path, optional
+        The files the data lives in (for :attr:`file_size` and error messages).
+    closers : tuple of callable, optional
+        Called, last first, by :meth:`close`.
+    info : FormatInfo or None, optional
+        The format, reader and calibrations found by the reader.
+
+    Raises
+    ------
+    GhostmapError
+        When ``data`` is not a 4-D array of real numbers; on reading, when a block cannot
+        be decoded (a corrupt compressed chunk): one line naming the file and the scan rows.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ghostmap import Scan
+    >>> scan = Scan(np.zeros((2, 3, 32, 32), np.uint16))
+    >>> scan.scan_shape, scan.detector_shape, scan.n_patterns
+    ((2, 3), (32, 32), 6)
+    >>> scan.read_rows(0, 1).shape
+    (1, 3, 32, 32)
     """
 
     def __init__(
@@ -198,23 +226,28 @@ class Scan(_OpenFiles):
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
+        """(scan_rows, scan_cols, det_rows, det_cols)."""
         return tuple(int(n) for n in self.data.shape)
 
     @property
     def dtype(self) -> np.dtype:
+        """The data type of the counts, in native byte order."""
         dtype = np.dtype(self.data.dtype)
         return dtype if dtype.isnative else dtype.newbyteorder("=")
 
     @property
     def scan_shape(self) -> tuple[int, int]:
+        """(scan_rows, scan_cols): the probe positions."""
         return self.shape[:2]
 
     @property
     def detector_shape(self) -> tuple[int, int]:
+        """(det_rows, det_cols): the size of one pattern."""
         return self.shape[2:]
 
     @property
     def n_patterns(self) -> int:
+        """The number of probe positions (patterns)."""
         return self.shape[0] * self.shape[1]
 
     @property

@@ -202,8 +202,26 @@ def open_scan(
     Scan
         Lazy; close it (or use ``with``) when done.
 
-    Example
-    -------
+    Raises
+    ------
+    GhostmapError
+        When the file does not exist, its format is not supported or it cannot be read,
+        it holds no suitable 4-D array (or a time series of more than one slice), or
+        ``scan_shape`` is missing where needed or differs from the file's.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import numpy as np
+    >>> from ghostmap import open_scan
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     np.save(f"{folder}/scan.npy", np.zeros((2, 3, 32, 32), np.uint16))
+    ...     with open_scan(f"{folder}/scan.npy") as scan:
+    ...         print(scan.shape, scan.dtype)
+    (2, 3, 32, 32) uint16
+
+    A Dectris master file records no scan shape, so it is given:
+
     >>> with open_scan("test_00_master.h5", scan_shape=(4, 4)) as scan:  # doctest: +SKIP
     ...     scan.shape
     (4, 4, 192, 192)
@@ -281,8 +299,36 @@ def open_time_series(path: str | os.PathLike, dataset: str | None = None) -> Tim
 
     Reads .npy, HDF5 and zarr 5-D arrays and Gatan in-situ ``.dm5`` sessions.
 
-    Example
+    Parameters
+    ----------
+    path : str or PathLike
+        The series file (or zarr folder, or ``.dm5`` director file).
+    dataset : str, optional
+        The array inside an HDF5 or zarr file (otherwise the single 5-D one).
+
+    Returns
     -------
+    TimeSeries
+        Lazy, one :class:`Scan` per time step (``series[t]``, ``len(series)``); close it
+        (or use ``with``) when done.
+
+    Raises
+    ------
+    GhostmapError
+        When the file does not exist, is not .npy, HDF5, zarr or ``.dm5``, or holds no
+        5-D array of real numbers.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import numpy as np
+    >>> from ghostmap import open_time_series
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     np.save(f"{folder}/series.npy", np.zeros((3, 2, 4, 32, 32), np.uint16))
+    ...     with open_time_series(f"{folder}/series.npy") as series:
+    ...         print(len(series), series[0].shape)
+    3 (2, 4, 32, 32)
+
     >>> with open_time_series("InSitu.dm5") as series:  # doctest: +SKIP
     ...     len(series)
     15
@@ -346,10 +392,32 @@ def as_scan(obj, dataset: str | None = None) -> Scan:
     array, a HyperSpy signal (whose data is already nav-then-signal, our order) or a
     py4DSTEM DataCube (Rx, Ry, Qx, Qy; first axis the scan row).
 
-    Example
+    Parameters
+    ----------
+    obj : Scan, str, os.PathLike or array-like
+        The scan: a :class:`Scan` (returned as it is), a file (opened with
+        :func:`open_scan`), or a 4-D (scan_row, scan_col, det_row, det_col) array or an
+        object holding one in ``.data``.
+    dataset : str, optional
+        The array inside the file, when ``obj`` is a path to an HDF5, zarr or HyperSpy file.
+
+    Returns
     -------
-    >>> as_scan(np.zeros((2, 3, 4, 4))).scan_shape
-    (2, 3)
+    Scan
+        Lazy: an array is wrapped, not copied.
+
+    Raises
+    ------
+    GhostmapError
+        When ``obj`` holds no 4-D array of real numbers, or its file cannot be opened.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ghostmap import as_scan
+    >>> scan = as_scan(np.zeros((2, 3, 4, 4)))
+    >>> scan.scan_shape, scan.source
+    ((2, 3), 'numpy array')
     """
     import h5py
 
