@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 TUTORIAL = ROOT / "docs" / "tutorial.ipynb"
 # Modules whose docstring examples run (others' examples need files: they are marked +SKIP).
 DOCTEST_MODULES = ["labels", "outputs", "evaluation", "series", "simulate", "watch", "errors",
-                   "model", "result", "prediction", "preprocessing", "io.base", "io.registry"]
+                   "model", "result", "prediction", "preprocessing", "io.base", "io.registry",
+                   "sampling", "training"]
 
 
 @pytest.mark.parametrize("name", DOCTEST_MODULES)

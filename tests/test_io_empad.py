@@ -58,3 +58,29 @@ def test_scan_shape_from_the_user_and_bad_files(tmp_path):
     xml.write_text("<root><other/></root>")
     with pytest.raises(GhostmapError, match="names no raw file"):
         open_scan(xml)
+
+
+def test_empad_predicts_exactly_what_the_same_scan_as_npy_predicts(tmp_path):
+    """The same float32 scan as EMPAD .xml + .raw and as .npy: identical probabilities from one model."""
+    from ghostmap.model import Model, build_network
+    from ghostmap.prediction import predict
+    from ghostmap.preprocessing import fit_preprocessing
+    from ghostmap.simulate import simulate_scan
+
+    data, _ = simulate_scan((4, 6), detector=128, seed=3)
+    data = data.astype(np.float32)
+    npy = tmp_path / "scan.npy"
+    np.save(npy, data)
+    xml = write_empad(tmp_path, data)
+    with open_scan(npy) as scan:
+        prep = fit_preprocessing(scan)
+        torch = pytest.importorskip("torch")
+        torch.manual_seed(0)
+        network = build_network("compact", 3, prep.output_shape(scan.detector_shape))
+        model = Model(network, ("none", "vertical", "horizontal"), "compact", prep, scan.detector_shape)
+        reference = predict(scan, model, device="cpu")
+    with open_scan(xml) as scan:
+        assert scan.info.format == "EMPAD .xml + .raw"
+        result = predict(scan, model, device="cpu")
+    np.testing.assert_array_equal(result.probabilities, reference.probabilities)
+    np.testing.assert_array_equal(result.labels, reference.labels)

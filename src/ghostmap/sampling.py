@@ -440,8 +440,8 @@ def propose(
         Unknown strategy, bad numbers, labels outside the scan, or a model whose detector
         shape, scan size or classes do not fit.
 
-    Example
-    -------
+    Examples
+    --------
     >>> x, y = propose((34, 206), None, 50, step=30)
     >>> len(x)
     14

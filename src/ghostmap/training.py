@@ -35,7 +35,46 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class TrainingOptions:
-    """Knobs of :func:`train`; the defaults are the paper's optimiser settings."""
+    """Knobs of :func:`train`; the defaults are the paper's optimiser settings.
+
+    Parameters
+    ----------
+    arch : str
+        ``"compact"`` (the default, 128 px input) or ``"paper"`` (the paper's network).
+    epochs : int, optional
+        Training epochs; None gives enough for about 1,500 optimiser steps, within 60-400.
+    batch_size : int
+        Labelled patterns per optimiser step.
+    lr : float, optional
+        Peak learning rate; None: 4e-4 for the paper network, 1e-3 for compact.
+    weight_decay : float
+        AdamW weight decay.
+    min_lr : float
+        Floor of the learning-rate schedule.
+    patience : int
+        Epochs without improvement before the plateau schedule lowers the rate.
+    schedule : str, optional
+        ``"plateau"`` (the paper's) or ``"cosine"``; None: plateau for paper, cosine otherwise.
+    plateau_factor : float
+        Factor the plateau schedule multiplies the rate by.
+    val_fraction : float
+        Share of the labels held out to choose the checkpoint (one network only).
+    augment : bool
+        Random detector flips, and transposes that swap horizontal and vertical.
+    seed : int
+        Seed of the split, the initial weights and the augmentation.
+    device : str, optional
+        ``"cpu"``, ``"cuda"`` ...; None: CUDA when present, else the CPU.
+    members : int
+        Compact network only: an ensemble of this many networks, calibrated on held-out
+        folds; 1 (the default) trains one network. Four members cost 2-6x the training time.
+
+    Examples
+    --------
+    >>> options = TrainingOptions(epochs=30, seed=1)
+    >>> options.arch, options.members
+    ('compact', 1)
+    """
 
     arch: str = "compact"
     epochs: int | None = None  # None: enough for about 1,500 optimiser steps, within 60-400 epochs
@@ -173,9 +212,24 @@ def train(
     Model
         The trained model; ``model.metrics`` holds the training figures.
 
-    Example
-    -------
-    >>> model = train("scan.npy", "labels.csv", TrainingOptions(seed=1))  # doctest: +SKIP
+    Raises
+    ------
+    GhostmapError
+        Fewer than 4 labels or fewer than two classes, a label outside the scan, a
+        preprocessing fitted for another detector, or an unknown device or option.
+
+    Examples
+    --------
+    A few epochs on a tiny simulated scan, to keep the example quick:
+
+    >>> import numpy as np
+    >>> import ghostmap as gm
+    >>> data, truth = gm.simulate_scan((6, 8), detector=32, seed=0)
+    >>> ys, xs = np.divmod(np.arange(0, 48, 3), 8)
+    >>> labels = gm.labels_from_truth(truth, xs, ys)
+    >>> model = gm.train(data, labels, gm.TrainingOptions(epochs=2, device="cpu"))
+    >>> sorted(model.classes) == sorted(set(labels.label))
+    True
     """
     options = options or TrainingOptions()
     scan = as_scan(scan)
