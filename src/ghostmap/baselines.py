@@ -82,6 +82,7 @@ import scipy.ndimage as ndi
 from .atomic import atomic_path, write_text
 from .detector import find_bad_pixels
 from .errors import GhostmapError
+from .io.base import prefetched
 from .reading import as_scan, bright_field_mask, mean_and_max_pattern
 from .reading import rows_per_block as _rows_fitting
 from .result import Prediction
@@ -410,7 +411,7 @@ def origin_shifts(scan, center: tuple[float, float], radius: float, live: np.nda
     window_live = live[r0:r1, c0:c1] if live is not None else None
     step = rows_per_block or block_rows(scan)
     blocks = [(b, min(b + step, n_rows)) for b in range(0, n_rows, step)]
-    for (start, stop), box in _prefetched(lambda b: _read_window(scan, *b, r0, r1, c0, c1), blocks):
+    for (start, stop), box in prefetched(lambda b: _read_window(scan, *b, r0, r1, c0, c1), blocks):
         box = box.reshape(-1, r1 - r0, c1 - c0)
         found = disk_centroids(box, (center[0] - r0, center[1] - c0), radius, window_live, level=level)
         out[start:stop] = (found + (r0, c0)).reshape(stop - start, n_cols, 2)
@@ -543,20 +544,6 @@ def _vdf_detectors(apertures: Apertures, bf_center: tuple[float, float], bf_radi
     return render
 
 
-def _prefetched(read, blocks):
-    """Yield ``(block, read(block))``, reading the next block in a background thread meanwhile
-    (file reads and NumPy's reductions release the GIL, so the two overlap on two cores)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = pool.submit(read, blocks[0]) if blocks else None
-        for i, block in enumerate(blocks):
-            done = pending.result()
-            pending = pool.submit(read, blocks[i + 1]) if i + 1 < len(blocks) else None
-            yield block, done
-            del done
-
-
 def fast_vdf_sums(scan, render, shifts: np.ndarray, quantum: float = 0.25, rows_per_block: int | None = None,
                   progress: Callable[[int, int], None] | None = None) -> np.ndarray:
     """Stream the scan once: (rows, cols, M) virtual-detector sums of every pattern.
@@ -581,7 +568,7 @@ def fast_vdf_sums(scan, render, shifts: np.ndarray, quantum: float = 0.25, rows_
     chunk = 8  # patterns per float32 buffer: 8 MB at 512 x 512, cache-sized
     buffer = np.empty((chunk, n_pixels), np.float32)
     with threadpool_limits(limits=1, user_api="blas"):
-        for (start, stop), raw in _prefetched(lambda b: scan.read_rows(*b), blocks):
+        for (start, stop), raw in prefetched(lambda b: scan.read_rows(*b), blocks):
             raw = raw.reshape((stop - start) * n_cols, n_pixels)
             uniq, inverse = np.unique(keys[start:stop].reshape(-1, 2), axis=0, return_inverse=True)
             inverse = np.asarray(inverse).reshape(-1)
@@ -720,7 +707,7 @@ def _mean_and_max(scan, max_patterns: int = 4096) -> tuple[np.ndarray, np.ndarra
     total = np.zeros(scan.detector_shape, np.float64)
     maximum = None
     acc = np.uint32 if scan.dtype.kind == "u" else np.int32
-    for _, block in _prefetched(lambda r: scan.read_rows(r, r + 1)[0], list(sample)):
+    for _, block in prefetched(lambda r: scan.read_rows(r, r + 1)[0], list(sample)):
         total += block.sum(axis=0, dtype=acc)
         block_max = block.max(axis=0)
         maximum = block_max if maximum is None else np.maximum(maximum, block_max)
@@ -887,7 +874,7 @@ def _streamed_features(scan, bad_pixels, bin, pool, shifts, keep, bf_box, bf_wei
     bright: dict[int, np.ndarray] = {}
     ready = 0
     read = lambda r: _aligned_binned(scan, r, r + 1, bad_pixels, bin, shifts, bf_box, bf_weights)  # noqa: E731
-    for r, (x, bf) in _prefetched(read, list(range(n_rows))):
+    for r, (x, bf) in prefetched(read, list(range(n_rows))):
         kept[r], bright[r] = x[0], bf[0]
         while ready < n_rows and (r >= ready + half or r == n_rows - 1):
             lo, hi = max(0, ready - half), min(n_rows, ready + half + 1)

@@ -21,7 +21,6 @@ multi-threaded; pooling works on blocks of shape (scan_row, scan_col, det_row, d
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterator
 
@@ -30,6 +29,7 @@ import torch
 
 from .detector import find_bad_pixels
 from .errors import GhostmapError
+from .io.base import prefetched
 
 logger = logging.getLogger(__name__)
 
@@ -508,13 +508,7 @@ def _read_blocks(scan, blocks, prefetch: bool, prep: Preprocessing, on_raw=None)
         for block in blocks:
             yield block, read(block)
         return
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = pool.submit(read, blocks[0]) if blocks else None
-        for i, block in enumerate(blocks):
-            done = pending.result()
-            pending = pool.submit(read, blocks[i + 1]) if i + 1 < len(blocks) else None
-            yield block, done
-            del done  # hold no block longer than the caller does
+    yield from prefetched(read, blocks)
 
 
 def stream_rows(scan, prep: Preprocessing, start: int = 0, stop: int | None = None,

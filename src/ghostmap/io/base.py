@@ -448,6 +448,71 @@ def pick_dataset(name: str, arrays: list[tuple[str, tuple]], dataset: str | None
     raise GhostmapError(f"{name} holds {len(found)} {ndim}-D datasets ({listing(found)}); choose one with --dataset")
 
 
+def prefetched(read: Callable[[Any], Any], blocks) -> Iterator[tuple[Any, Any]]:
+    """Yield ``(block, read(block))`` for each block, reading the next one in a background thread
+    meanwhile (file reads and NumPy's reductions release the GIL, so the two overlap on two cores).
+
+    At most two results exist at once: the one yielded and the one being read.
+
+    Parameters
+    ----------
+    read : callable
+        ``read(block)`` -> the block's data.
+    blocks : sequence
+        What to read, in order (e.g. ``(start, stop)`` row ranges).
+
+    Returns
+    -------
+    iterator of tuple
+        ``(block, data)`` pairs, in the order of ``blocks``.
+
+    Example
+    -------
+    >>> [data for _, data in prefetched(lambda b: b * 10, [1, 2, 3])]
+    [10, 20, 30]
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    blocks = list(blocks)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(read, blocks[0]) if blocks else None
+        for i, block in enumerate(blocks):
+            done = pending.result()
+            pending = pool.submit(read, blocks[i + 1]) if i + 1 < len(blocks) else None
+            yield block, done
+            del done  # hold no block longer than the caller does
+
+
+def frame_range(frames, n_frames: int, what: str) -> tuple[int, int]:
+    """``(start, stop)`` of a contiguous slice of a frame stack's leading axis.
+
+    The one rule for the frame-stack readers (SIMPLON, EMPAD): steps other than 1 are refused.
+
+    Parameters
+    ----------
+    frames : slice
+        The slice asked for.
+    n_frames : int
+        Frames in the stack.
+    what : str
+        The stack's name, for the error.
+
+    Returns
+    -------
+    tuple of int
+        ``start <= stop`` within ``[0, n_frames]``.
+
+    Example
+    -------
+    >>> frame_range(slice(2, None), 6, "EMPAD")
+    (2, 6)
+    """
+    start, stop, step = frames.indices(n_frames)
+    if step != 1:
+        raise IndexError(f"{what} frames are read in contiguous ranges only")
+    return start, max(start, stop)
+
+
 def rows_per_block(scan: Scan, max_bytes: int = 256 * 2**20) -> int:
     """How many scan rows fit in ``max_bytes`` of memory (at least 1).
 

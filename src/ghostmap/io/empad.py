@@ -16,7 +16,7 @@ import numpy as np
 
 from ghostmap.errors import GhostmapError
 
-from .base import FormatInfo, Opened, one_line
+from .base import FormatInfo, Opened, frame_range, one_line
 
 logger = logging.getLogger(__name__)
 
@@ -50,10 +50,7 @@ class EmpadFrames:
         frames = key[0]
         if not isinstance(frames, slice):
             return self[(slice(frames, frames + 1), *key[1:])][0]
-        start, stop, step = frames.indices(self.shape[0])
-        if step != 1:
-            raise IndexError("EMPAD frames are read in contiguous ranges only")
-        stop = max(start, stop)
+        start, stop = frame_range(frames, self.shape[0], "EMPAD")
         raw = np.empty((stop - start, RAW_ROWS, DETECTOR[1]), dtype=DTYPE)
         with open(self.raw, "rb") as f:
             f.seek(start * self.frame_bytes)

@@ -20,7 +20,7 @@ import numpy as np
 
 from ghostmap.errors import GhostmapError
 
-from .base import FormatInfo, Opened, one_line, shape_text
+from .base import FormatInfo, Opened, frame_range, one_line, shape_text
 from .hdf5 import open_hdf5_file
 
 logger = logging.getLogger(__name__)
@@ -65,10 +65,7 @@ class SimplonFrames:
         frames = key[0]
         if not isinstance(frames, slice):
             return self[(slice(frames, frames + 1), *key[1:])][0]
-        start, stop, step = frames.indices(self.shape[0])
-        if step != 1:
-            raise IndexError("Dectris frames are read in contiguous ranges only")
-        stop = max(start, stop)
+        start, stop = frame_range(frames, self.shape[0], "Dectris")
         out = np.empty((stop - start, *self.shape[1:]), dtype=self.dtype)
         at = start
         while at < stop:
