@@ -304,7 +304,8 @@ def save_reliability_figure(path: str | Path, report: dict) -> Path:
     ax.set_ylabel("accuracy")
     ax.set_title(f"reliability: expected calibration error {report['expected_calibration_error']:.4f}")
     ax.legend(loc="upper left", fontsize=8)
-    hist.bar(edges[:-1], np.maximum(count, 0.5), width=width, align="edge", color="#55a868", edgecolor="white")
+    seen = count > 0  # empty bins get no bar: a log axis has no room for zero
+    hist.bar(edges[:-1][seen], count[seen], width=width[seen], align="edge", color="#55a868", edgecolor="white")
     hist.set_yscale("log")
     hist.set_xlim(0, 1)
     hist.set_xlabel("confidence")
