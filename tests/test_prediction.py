@@ -214,12 +214,13 @@ def test_cuda_is_chosen_when_present_and_device_overrides(monkeypatch):
 
 
 def test_the_library_leaves_the_allocator_alone_and_models_are_cached_once(scan, monkeypatch):
+    import ghostmap.cli as cli
     import ghostmap.prediction as prediction
 
     def forbidden(*args, **kwargs):
         raise AssertionError("predict() must not change the process's allocator")
 
-    monkeypatch.setattr(prediction, "reuse_freed_memory", forbidden)
+    monkeypatch.setattr(cli, "reuse_freed_memory", forbidden)
     monkeypatch.setattr(prediction, "_MODELS", prediction.OrderedDict())
     model = random_model()
     data = model.to_bytes()

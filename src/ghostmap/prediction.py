@@ -28,27 +28,6 @@ from .result import Prediction
 logger = logging.getLogger(__name__)
 
 
-def reuse_freed_memory(mmap_threshold: int = 256 * 2**20, trim_threshold: int = 512 * 2**20) -> bool:
-    """Ask glibc to recycle freed block buffers instead of returning them to the OS.
-
-    This changes the whole process's allocator, so the library never calls it: only the
-    ``ghostmap predict`` command does, for its own process (a notebook user's process is left
-    alone). Each block allocates tens of MB of temporaries; by default glibc hands those to
-    ``mmap`` and back on every block, and the fresh pages' faults cost more than the arithmetic
-    (see BENCHMARKS.md for what it buys). Memory stays bounded by ``trim_threshold``. A no-op
-    where glibc isn't the C library; returns whether both settings took.
-    """
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        m_trim_threshold, m_mmap_threshold = -1, -3
-        return bool(libc.mallopt(m_mmap_threshold, mmap_threshold)) and bool(
-            libc.mallopt(m_trim_threshold, trim_threshold))
-    except (OSError, AttributeError):
-        return False
-
-
 def activation_bytes(network: torch.nn.Module, input_shape: tuple[int, int]) -> int:
     """Bytes of activations one pattern needs at the widest step of ``network``'s forward pass.
 
