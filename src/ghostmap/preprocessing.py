@@ -252,23 +252,23 @@ class Preprocessing:
         (neighbour mean - bad value). Only the few bad pixels are touched, never a copy of
         the whole pattern.
         """
-        key = tuple(raw.shape[1:])
-        if key not in self._fill_cache:
-            self._fill_cache[key] = _repair_table(self, key)
-        bad, neighbours, weights, target = self._fill_cache[key]
+        bad, neighbours, weights, target = self._repair_for(tuple(raw.shape[1:]))
         if bad.numel() == 0:
             return
         flat = raw.reshape(raw.shape[0], -1)
         fill = (flat[:, neighbours].to(torch.float32) * weights).sum(-1) / weights.sum(-1).clamp_min(1)
         binned.view(binned.shape[0], -1).index_add_(1, target, fill - flat[:, bad].to(torch.float32))
 
+    def _repair_for(self, shape: tuple[int, int]):
+        """The bad-pixel repair table for patterns of ``shape``, built once per shape."""
+        if shape not in self._fill_cache:
+            self._fill_cache[shape] = _repair_table(self, shape)
+        return self._fill_cache[shape]
+
     def _repair_bad_pixels_numpy(self, raw: np.ndarray, binned: np.ndarray) -> None:
         """:meth:`_repair_bad_pixels` for NumPy counts: the same arithmetic, NumPy's gathers
         (torch's indexing of 16-bit integers measured several times slower)."""
-        key = tuple(raw.shape[1:])
-        if key not in self._fill_cache:
-            self._fill_cache[key] = _repair_table(self, key)
-        bad, neighbours, weights, target = self._fill_cache[key]
+        bad, neighbours, weights, target = self._repair_for(tuple(raw.shape[1:]))
         if bad.numel() == 0:
             return
         flat = raw.reshape(raw.shape[0], -1)
