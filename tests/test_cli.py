@@ -697,6 +697,35 @@ def test_predict_outputs_on_tiny_model(tiny):
     assert meta["detector_shape"] == [64, 64] and meta["metrics"]["epochs"] == 1
 
 
+def test_predict_command_reading_ahead_gives_the_library_prediction(cli, tmp_path, tiny, monkeypatch):
+    """The command starts reading and binning before torch loads; the result is the library's, bit for bit."""
+    import torch
+
+    import ghostmap.cli
+    from ghostmap import Model, Preprocessing, predict
+    from ghostmap.model import build_network
+
+    torch.manual_seed(0)
+    prep = Preprocessing(bin=4, pool=3, bad_pixels=[(0, 1), (7, 7), (7, 8)])
+    model = Model(build_network("compact", 2, (16, 16)).eval(), ("vertical", "horizontal"), "compact", prep, (64, 64))
+    model.save(tmp_path / "model")
+    expected = predict(tiny["scan"], model, device="cpu")
+    started = []
+    start_reading = ghostmap.cli._start_reading
+    monkeypatch.setattr(ghostmap.cli, "_start_reading", lambda *a: started.append(start_reading(*a)) or started[-1])
+    for readahead in ("1", "5"):
+        r = cli("predict", tiny["scan"], "--model", tmp_path / "model", "--out", tmp_path / readahead,
+                "--readahead", readahead)
+        assert r.code == 0, r.text
+        assert started[-1] is not None and started[-1].reduction == prep.count_reduction()
+        with np.load(tmp_path / readahead / "predictions.npz", allow_pickle=False) as npz:
+            np.testing.assert_array_equal(npz["labels"], expected.labels)
+            np.testing.assert_array_equal(npz["probabilities"], expected.probabilities)
+            np.testing.assert_array_equal(npz["bright_field"], expected.bright_field)
+    r = cli("predict", tiny["scan"], "--model", tiny["model"], "--out", tmp_path / "0", "--readahead", "0")
+    assert r.code == 2 and "readahead" in r.err
+
+
 def test_domain_map_png_is_rgb(tiny):
     head = (tiny["results"] / "domain_map.png").read_bytes()[:32]
     assert head[12:16] == b"IHDR"

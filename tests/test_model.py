@@ -85,3 +85,27 @@ def test_missing_files(tmp_path):
 def test_detector_mismatch_is_named():
     with pytest.raises(GhostmapError, match="trained on 32 x 32 patterns but scan.npy has 64 x 64"):
         make_model().check_scan((64, 64), "scan.npy")
+
+
+@pytest.mark.parametrize("arch,members", [("compact", 1), ("paper", 1), ("compact", 3)])
+def test_fused_network_gives_the_same_outputs_and_leaves_the_original_alone(arch, members):
+    from ghostmap.model import fused_for_inference
+
+    torch.manual_seed(0)
+    net = build_network(arch, 3, (32, 32), members=members)
+    with torch.no_grad():  # batch norm with statistics of its own, as after training
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.5)
+                m.running_var.uniform_(0.3, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_(0, 0.3)
+    net.train()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    fused = fused_for_inference(net)
+    assert net.training  # the original keeps its mode and weights
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    x = torch.randn(5, 1, 32, 32)
+    with torch.inference_mode():
+        np.testing.assert_allclose(fused(x).numpy(), net.eval()(x).numpy(), rtol=1e-4, atol=1e-5)

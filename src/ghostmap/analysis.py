@@ -136,6 +136,25 @@ def bright_field_mask(mean: np.ndarray) -> np.ndarray:
     return mask
 
 
+def bright_field_index(scan) -> np.ndarray:
+    """Flat detector indices of the bright-field disk, found once from the first scan row.
+
+    What :func:`ghostmap.predict` sums into its bright-field image.
+
+    Example
+    -------
+    >>> import ghostmap as gm
+    >>> data, _ = gm.simulate_scan((2, 3), detector=32, seed=0)
+    >>> bool(bright_field_index(data).size > 0)
+    True
+    """
+    scan = as_scan(scan)
+    n_cols = scan.scan_shape[1]
+    first_row = scan.read_rows(0, 1)[0]
+    mean = first_row.reshape(n_cols, -1).mean(0, dtype=np.float64).reshape(scan.detector_shape)
+    return np.flatnonzero(bright_field_mask(mean))
+
+
 def describe(scan) -> dict:
     """A JSON-serialisable summary of a scan: where it is, its shape, type and size, and the
     format, reader and calibrations its reader found."""

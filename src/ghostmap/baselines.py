@@ -80,11 +80,11 @@ import numpy as np
 import scipy.ndimage as ndi
 
 from .atomic import atomic_path, write_text
+from .counts import block_rows
 from .detector import find_bad_pixels
 from .errors import GhostmapError
 from .io.base import prefetched
 from .reading import as_scan, bright_field_mask, mean_and_max_pattern
-from .reading import rows_per_block as _rows_fitting
 from .result import Prediction
 
 __all__ = [
@@ -101,11 +101,6 @@ CONTRAST_FILE = "contrast.png"
 APERTURES_FILE = "apertures.json"
 
 logger = logging.getLogger(__name__)
-
-
-def block_rows(scan) -> int:
-    """Scan rows per read: as :func:`ghostmap.preprocessing.block_rows` (32 MB raw), without importing PyTorch."""
-    return _rows_fitting(scan, 32 * 2**20)
 
 
 # --------------------------------------------------------------------------- lattice and apertures

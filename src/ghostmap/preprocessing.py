@@ -27,9 +27,9 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
+from .counts import CountReduction, RowReader, bin_counts, block_rows, row_blocks  # noqa: F401 - also public here
 from .detector import find_bad_pixels
 from .errors import GhostmapError
-from .io.base import prefetched
 
 logger = logging.getLogger(__name__)
 
@@ -177,6 +177,10 @@ class Preprocessing:
         """
         if not torch.is_tensor(patterns):
             patterns = np.asarray(patterns)
+            if patterns.ndim == 3:
+                counts = self.resolve(patterns.shape[1:]).count_reduction()
+                if counts.fits(patterns):  # the fast path: one pass over the raw counts, in NumPy
+                    return torch.from_numpy(counts.reduce(patterns))
         n = patterns.shape[0]
         per = max(1, chunk_pixels // max(1, int(np.prod(patterns.shape[1:]))))
         if n > per:  # chunk by chunk into one output: no list of parts plus their concatenation
@@ -196,11 +200,6 @@ class Preprocessing:
         b = self.bin
         h, w = (r1 - r0) // b, (c1 - c0) // b
         window = patterns[:, r0 : r0 + h * b, c0 : c0 + w * b]
-        if _integer_counts(window) and b > 1:  # the fast path: one pass over the raw counts
-            x = torch.from_numpy(bin_counts(window, b))
-            if self.bad_pixels:
-                self._repair_bad_pixels_numpy(patterns, x.numpy())
-            return x
         if torch.is_tensor(window):
             x = window.to(torch.float32).contiguous()
         else:  # numpy converts uint16 to float about 3x faster than torch
@@ -245,85 +244,26 @@ class Preprocessing:
         """Preprocess independent patterns (n, det_row, det_col), without neighbourhood pooling."""
         return self.finish(self.reduce(patterns))
 
-    def _repair_bad_pixels(self, raw: torch.Tensor, binned: torch.Tensor) -> None:
-        """Replace each bad pixel's count by its good neighbours' mean, in the binned patterns.
+    def count_reduction(self) -> CountReduction:
+        """The steps on raw counts (bad pixels, crop, bin, pooling across scan columns) as a
+        NumPy-only :class:`ghostmap.counts.CountReduction`, made once while those fields stay the same."""
+        if self.bin is None:
+            raise GhostmapError("the bin factor is not fixed yet: call resolve(detector_shape) first")
+        key = (self.bin, self.crop, tuple(self.bad_pixels), self.pool, self.pool_mode)
+        if self._fill_cache.get("key") != key:
+            self._fill_cache.update(key=key, counts=CountReduction(self.bin, self.crop, key[2], self.pool, self.pool_mode))
+        return self._fill_cache["counts"]
 
-        Binning sums counts, so the repair is a correction of the bin that holds the pixel:
-        (neighbour mean - bad value). Only the few bad pixels are touched, never a copy of
-        the whole pattern.
-        """
-        bad, neighbours, weights, target = self._repair_for(tuple(raw.shape[1:]))
+    def _repair_bad_pixels(self, raw: torch.Tensor, binned: torch.Tensor) -> None:
+        """:meth:`ghostmap.counts.CountReduction.repair` for float or torch counts: the same
+        table and arithmetic, torch's gathers."""
+        bad, neighbours, weights, target = (torch.as_tensor(t) for t in
+                                            self.count_reduction().repair_table(tuple(raw.shape[1:])))
         if bad.numel() == 0:
             return
         flat = raw.reshape(raw.shape[0], -1)
         fill = (flat[:, neighbours].to(torch.float32) * weights).sum(-1) / weights.sum(-1).clamp_min(1)
         binned.view(binned.shape[0], -1).index_add_(1, target, fill - flat[:, bad].to(torch.float32))
-
-    def _repair_for(self, shape: tuple[int, int]):
-        """The bad-pixel repair table for patterns of ``shape``, built once per shape."""
-        if shape not in self._fill_cache:
-            self._fill_cache[shape] = _repair_table(self, shape)
-        return self._fill_cache[shape]
-
-    def _repair_bad_pixels_numpy(self, raw: np.ndarray, binned: np.ndarray) -> None:
-        """:meth:`_repair_bad_pixels` for NumPy counts: the same arithmetic, NumPy's gathers
-        (torch's indexing of 16-bit integers measured several times slower)."""
-        bad, neighbours, weights, target = self._repair_for(tuple(raw.shape[1:]))
-        if bad.numel() == 0:
-            return
-        flat = raw.reshape(raw.shape[0], -1)
-        w = weights.numpy()
-        fill = (np.take(flat, neighbours.numpy(), axis=1).astype(np.float32) * w).sum(-1) / np.maximum(w.sum(-1), 1)
-        np.add.at(binned.reshape(binned.shape[0], -1), (slice(None), target.numpy()),
-                  fill - np.take(flat, bad.numpy(), axis=1).astype(np.float32))
-
-
-def _integer_counts(window) -> bool:
-    """Counts that :func:`bin_counts` sums exactly: a NumPy array of 8- or 16-bit integers."""
-    return isinstance(window, np.ndarray) and window.dtype.kind in "iu" and window.dtype.itemsize <= 2
-
-
-def bin_counts(patterns: np.ndarray, b: int, chunk: int = 16) -> np.ndarray:
-    """Sum b x b pixel blocks of integer patterns (n, h * b, w * b) -> float32 (n, h, w), exactly.
-
-    The detector rows of a block are added first, in 32-bit integers (contiguous rows: fast),
-    then the columns of the four times smaller result, a few patterns at a time so that they
-    stay in the cache; only the binned counts are converted to float. Exact: the sums are
-    integers far below float32's 2**24. On the paper-size scan this took 2.3 s of CPU against
-    5.0 s for converting every raw pixel to float first and summing in torch (BENCHMARKS.md).
-
-    Example
-    -------
-    >>> bin_counts(np.ones((1, 4, 4), np.uint16), 2)[0]
-    array([[4., 4.],
-           [4., 4.]], dtype=float32)
-    """
-    n, rows, cols = patterns.shape
-    h, w = rows // b, cols // b
-    acc = np.int32 if patterns.dtype.kind == "i" else np.uint32
-    out = np.empty((n, h, w), np.float32)
-    for i in range(0, n, chunk):
-        x = patterns[i : i + chunk, : h * b, : w * b].reshape(-1, h, b, w * b)
-        rows_summed = x[:, :, 0].astype(acc)
-        for k in range(1, b):
-            rows_summed += x[:, :, k]
-        blocks = rows_summed.reshape(-1, h, w, b)
-        summed = blocks[..., 0].copy()
-        for k in range(1, b):
-            summed += blocks[..., k]
-        out[i : i + chunk] = summed
-    return out
-
-
-def _repair_table(prep: "Preprocessing", shape: tuple[int, int]):
-    """Bad pixels inside the binned window, their neighbour table, and the bin each falls in."""
-    r0, r1, c0, c1 = prep.crop if prep.crop is not None else (0, shape[0], 0, shape[1])
-    b = prep.bin
-    h, w = (r1 - r0) // b, (c1 - c0) // b
-    inside = [(r, c) for r, c in prep.bad_pixels if r0 <= r < r0 + h * b and c0 <= c < c0 + w * b]
-    bad, neighbours, weights = _neighbour_table(inside, shape, all_bad=prep.bad_pixels)
-    target = torch.as_tensor([((r - r0) // b) * w + (c - c0) // b for r, c in inside], dtype=torch.int64)
-    return bad, neighbours, weights, target
 
 
 def _pool_axis(x: torch.Tensor, axis: int, k: int, mode: str) -> torch.Tensor:
@@ -374,27 +314,6 @@ def _pool_rows(rows: dict, r0: int, r1: int, lo: int, hi: int, half: int, mode: 
     if mode == "mean":
         out /= count.view(-1, 1, 1, 1)
     return out
-
-
-def _neighbour_table(bad_pixels, shape, all_bad=None):
-    """Flat indices of bad pixels and of their good 8-neighbours (weights 0 where absent)."""
-    rows, cols = shape
-    bad_mask = np.zeros(shape, bool)
-    pts = [(r, c) for r, c in bad_pixels if 0 <= r < rows and 0 <= c < cols]
-    for r, c in (all_bad if all_bad is not None else pts):
-        if 0 <= r < rows and 0 <= c < cols:
-            bad_mask[r, c] = True
-    offsets = [(dr, dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1) if (dr, dc) != (0, 0)]
-    neighbours = np.zeros((len(pts), 8), np.int64)
-    weights = np.zeros((len(pts), 8), np.float32)
-    for i, (r, c) in enumerate(pts):
-        for j, (dr, dc) in enumerate(offsets):
-            rr, cc = r + dr, c + dc
-            if 0 <= rr < rows and 0 <= cc < cols and not bad_mask[rr, cc]:
-                neighbours[i, j] = rr * cols + cc
-                weights[i, j] = 1.0
-    bad = torch.as_tensor([r * cols + c for r, c in pts], dtype=torch.int64)
-    return bad, torch.as_tensor(neighbours), torch.as_tensor(weights)
 
 
 # --- applied to a scan --------------------------------------------------------------------
@@ -473,60 +392,54 @@ def preprocess_positions(scan, rows, cols, prep: Preprocessing) -> torch.Tensor:
     return prep.finish(torch.stack(out))
 
 
-def block_rows(scan, max_bytes: int = 32 * 2**20) -> int:
-    """Scan rows per read while streaming: one raw block stays under ``max_bytes`` (at least one row)."""
-    from .reading import rows_per_block
+def reader_for(scan, prep: Preprocessing, start: int = 0, stop: int | None = None,
+               rows_per_block: int | None = None, ahead: int = 1,
+               bright_field_index: np.ndarray | None = None, on_raw=None) -> RowReader:
+    """A :class:`ghostmap.counts.RowReader` of the blocks :func:`stream_rows` needs for scan rows
+    [start, stop), started at once.
 
-    return rows_per_block(scan, max_bytes)
-
-
-def _read_blocks(scan, blocks, prefetch: bool, prep: Preprocessing, on_raw=None):
-    """Yield ((start, stop), reduced rows pooled across scan columns) per block; with ``prefetch``
-    the next block is read, binned and pooled in a background thread while the caller works on
-    this one. On the paper-size scan this measured 11.9-15.4 s end to end against 12.8-13.5 s
-    with only the read in the thread: no worse, often better, within this machine's noise.
-
-    ``on_raw(first_row, raw)`` sees each raw block in the thread that read it; the raw block is
-    dropped as soon as it is binned, so at most two exist at once (this one and the next).
+    Integer counts are reduced in NumPy in the reading thread; any other counts by
+    :meth:`Preprocessing.reduce` (torch), there too. Binning in the reading thread measured
+    11.9-15.4 s end to end on the paper-size scan against 12.8-13.5 s with only the read there.
     """
-    n_cols = scan.scan_shape[1]
+    n_rows, n_cols = scan.scan_shape
+    stop = n_rows if stop is None else stop
     h, w = prep.output_shape(scan.detector_shape)
 
-    def read(block):
-        raw = np.asarray(scan.read_rows(*block))
-        if on_raw:
-            on_raw(block[0], raw)
+    def fallback(raw: np.ndarray) -> torch.Tensor:
         # float chunks of 4 M pixels (16 MB), not reduce's default 64 MB: less memory, and a scan
         # row of 206 512 x 512 patterns binned in 0.71-0.75 x the time (cache-sized chunks)
-        reduced = prep.reduce(raw.reshape(-1, *raw.shape[2:]), chunk_pixels=1 << 22)
-        del raw
-        reduced = reduced.view(block[1] - block[0], n_cols, h, w)
+        reduced = prep.reduce(raw.reshape(-1, *raw.shape[2:]), chunk_pixels=1 << 22).view(raw.shape[0], n_cols, h, w)
         # pooling across scan columns never mixes scan rows, so it is done per block, here
         return _pool_axis(reduced, 1, prep.pool, prep.pool_mode) if prep.pool > 1 else reduced
 
-    if not prefetch:
-        for block in blocks:
-            yield block, read(block)
-        return
-    yield from prefetched(read, blocks)
+    blocks = row_blocks(n_rows, prep.pool, start, stop, rows_per_block or block_rows(scan))
+    return RowReader(scan, prep.count_reduction(), blocks, bright_field_index=bright_field_index, ahead=ahead,
+                     fallback=fallback, on_raw=on_raw)
 
 
 def stream_rows(scan, prep: Preprocessing, start: int = 0, stop: int | None = None,
                 rows_per_block: int | None = None, prefetch: bool = True,
-                on_raw: Callable[[int, np.ndarray], None] | None = None) -> Iterator[tuple[int, int, torch.Tensor]]:
+                on_raw: Callable[[int, np.ndarray], None] | None = None,
+                reader: RowReader | None = None) -> Iterator[tuple[int, int, torch.Tensor]]:
     """Yield (row_start, row_stop, network input (rows, cols, h, w)) for scan rows [start, stop).
 
     Each scan row is read once; only the reduced rows that pooling still needs are kept,
     so memory stays bounded whatever the scan size. ``on_raw(first_row, raw_block)`` sees
     every raw block (to sum a virtual image on the way, say), before its rows are yielded;
-    with ``prefetch`` it is called in the background reading thread.
+    with ``prefetch`` it is called in the background reading thread. ``reader``: a reader
+    already started by :func:`reader_for` for the same rows (``prefetch`` and ``on_raw``
+    are then its own).
     """
     n_rows, n_cols = scan.scan_shape
     stop = n_rows if stop is None else stop
     half = prep.pool // 2
     lo, hi = max(0, start - half), min(n_rows, stop + half)
-    step = rows_per_block or block_rows(scan)
-    blocks = [(b, min(b + step, hi)) for b in range(lo, hi, step)]
+    if reader is None:
+        reader = reader_for(scan, prep, start, stop, rows_per_block, ahead=int(prefetch), on_raw=on_raw)
+    elif not reader.blocks or reader.blocks[0][0] != lo or reader.blocks[-1][1] != hi \
+            or reader.reduction != prep.count_reduction():
+        raise ValueError(f"the reader given reads other rows or reduces otherwise than scan rows {start}-{stop} need")
     h, w = prep.output_shape(scan.detector_shape)
     # Memory: a block is binned and pooled across scan columns as it is read, its raw rows
     # dropped at once; only the rows that pooling across scan rows still needs are kept, one
@@ -535,7 +448,8 @@ def stream_rows(scan, prep: Preprocessing, start: int = 0, stop: int | None = No
     # per scan row of 206 patterns).
     kept: dict[int, torch.Tensor] = {}
     next_out = start
-    for (b0, b1), pooled in _read_blocks(scan, blocks, prefetch, prep, on_raw):
+    for (b0, b1), pooled in reader:
+        pooled = torch.as_tensor(pooled)
         kept.update((b0 + i, pooled[i]) for i in range(b1 - b0))
         del pooled
         ready = stop if b1 >= hi else min(stop, b1 - half)

@@ -33,7 +33,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 import numpy as np
 from scipy import ndimage
@@ -41,9 +41,11 @@ from scipy import ndimage
 from .atomic import atomic_path, write_text
 from .errors import GhostmapError
 from .labels import class_fractions
-from .model import Model
-from .prediction import Prediction, predict
 from .reading import Scan, open_scan, open_time_series, time_series_length
+
+if TYPE_CHECKING:  # torch loads only when a series is predicted, so a single scan's reading can start first
+    from .model import Model
+    from .prediction import Prediction
 
 MANIFEST_FILE = "series.json"
 SERIES_FILE = "series.npz"
@@ -554,6 +556,9 @@ def predict_series(
     >>> gm.load_series("series")["wall_shift"]  # doctest: +SKIP
     array([nan, 2.2, 2.3])
     """
+    from .model import Model
+    from .prediction import predict
+
     if not isinstance(model, Model):
         model = Model.load(model)
     if steps and not isinstance(steps[0], Step):

@@ -448,9 +448,67 @@ def pick_dataset(name: str, arrays: list[tuple[str, tuple]], dataset: str | None
     raise GhostmapError(f"{name} holds {len(found)} {ndim}-D datasets ({listing(found)}); choose one with --dataset")
 
 
+class Readahead:
+    """``(block, read(block))`` for each block in order, read in one background thread that
+    starts at once and keeps up to ``ahead`` blocks ready ahead of the caller.
+
+    File reads and NumPy's loops release the GIL, so reading overlaps the caller's work on
+    another core. Memory is bounded: at most ``ahead`` results wait, plus the one the caller
+    holds. ``ahead=0`` reads each block in the caller's thread when it is asked for.
+
+    Parameters
+    ----------
+    read : callable
+        ``read(block)`` -> the block's data.
+    blocks : sequence
+        What to read, in order (e.g. ``(start, stop)`` row ranges).
+    ahead : int, optional
+        Blocks read ahead (1: the next one while the caller works on this one).
+
+    Example
+    -------
+    >>> [data for _, data in Readahead(lambda b: b * 10, [1, 2, 3], ahead=2)]
+    [10, 20, 30]
+    """
+
+    def __init__(self, read: Callable[[Any], Any], blocks, ahead: int = 1):
+        from collections import deque
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.blocks, self.ahead, self._read = list(blocks), max(0, int(ahead)), read
+        self._pending: deque = deque()
+        self._submitted = 0
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ghostmap-read") if self.ahead else None
+        self._fill()
+
+    def _fill(self) -> None:
+        while self._pool is not None and self._submitted < len(self.blocks) and len(self._pending) < self.ahead:
+            self._pending.append(self._pool.submit(self._read, self.blocks[self._submitted]))
+            self._submitted += 1
+
+    def __iter__(self) -> Iterator[tuple[Any, Any]]:
+        try:
+            for block in self.blocks:
+                done = self._pending.popleft().result() if self._pool is not None else self._read(block)
+                self._fill()
+                yield block, done
+                del done  # hold no block longer than the caller does
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Stop reading: blocks not started are dropped, the one being read is finished."""
+        for future in self._pending:
+            future.cancel()
+        self._pending.clear()
+        self._submitted = len(self.blocks)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+
+
 def prefetched(read: Callable[[Any], Any], blocks) -> Iterator[tuple[Any, Any]]:
     """Yield ``(block, read(block))`` for each block, reading the next one in a background thread
-    meanwhile (file reads and NumPy's reductions release the GIL, so the two overlap on two cores).
+    meanwhile (:class:`Readahead` with one block ahead, started when iteration starts).
 
     At most two results exist at once: the one yielded and the one being read.
 
@@ -471,16 +529,7 @@ def prefetched(read: Callable[[Any], Any], blocks) -> Iterator[tuple[Any, Any]]:
     >>> [data for _, data in prefetched(lambda b: b * 10, [1, 2, 3])]
     [10, 20, 30]
     """
-    from concurrent.futures import ThreadPoolExecutor
-
-    blocks = list(blocks)
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = pool.submit(read, blocks[0]) if blocks else None
-        for i, block in enumerate(blocks):
-            done = pending.result()
-            pending = pool.submit(read, blocks[i + 1]) if i + 1 < len(blocks) else None
-            yield block, done
-            del done  # hold no block longer than the caller does
+    yield from Readahead(read, blocks, ahead=1)
 
 
 def frame_range(frames, n_frames: int, what: str) -> tuple[int, int]:

@@ -1,0 +1,324 @@
+"""Raw detector counts to binned counts, in NumPy alone.
+
+The first steps of preprocessing touch every raw pixel: bad-pixel repair, crop, binning
+and pooling across scan columns (see :mod:`ghostmap.preprocessing` for the whole recipe).
+They run where reading runs, in a background thread, and in NumPy, which releases the GIL
+in its loops and starts no thread pool of its own, so the reader never competes with
+torch's threads for the two cores. Nothing here imports torch: ``ghostmap predict``
+starts reading before torch has loaded.
+
+The arithmetic is the one :class:`ghostmap.preprocessing.Preprocessing` applies, in the
+same order, so both give the same numbers to the last bit.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["CountReduction", "bin_counts", "pool_axis"]
+
+
+def bin_counts(patterns: np.ndarray, b: int, chunk: int = 16, out: np.ndarray | None = None) -> np.ndarray:
+    """Sum b x b pixel blocks of integer patterns (n, h * b, w * b) -> float32 (n, h, w), exactly.
+
+    The detector rows of a block are added first, in 32-bit integers (contiguous rows: fast),
+    then the columns of the four times smaller result, a few patterns at a time so that they
+    stay in the cache; only the binned counts are converted to float. Exact: the sums are
+    integers far below float32's 2**24. On the paper-size scan this took 2.3 s of CPU against
+    5.0 s for converting every raw pixel to float first and summing in torch (BENCHMARKS.md).
+
+    Parameters
+    ----------
+    patterns : numpy.ndarray
+        Integer counts (n, det_row, det_col) of at most 16 bits; rows and columns beyond a
+        whole number of bins are ignored.
+    b : int
+        Bin factor.
+    chunk : int, optional
+        Patterns summed at a time.
+    out : numpy.ndarray, optional
+        A float32 (n, h, w) array to write into.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 (n, det_row // b, det_col // b).
+
+    Example
+    -------
+    >>> bin_counts(np.ones((1, 4, 4), np.uint16), 2)[0]
+    array([[4., 4.],
+           [4., 4.]], dtype=float32)
+    """
+    n, rows, cols = patterns.shape
+    h, w = rows // b, cols // b
+    acc = np.int32 if patterns.dtype.kind == "i" else np.uint32
+    if out is None:
+        out = np.empty((n, h, w), np.float32)
+    for i in range(0, n, chunk):
+        x = patterns[i : i + chunk, : h * b, : w * b].reshape(-1, h, b, w * b)
+        rows_summed = x[:, :, 0].astype(acc)
+        for k in range(1, b):
+            rows_summed += x[:, :, k]
+        blocks = rows_summed.reshape(-1, h, w, b)
+        summed = blocks[..., 0].copy()
+        for k in range(1, b):
+            summed += blocks[..., k]
+        out[i : i + chunk] = summed
+    return out
+
+
+def pool_axis(x: np.ndarray, axis: int, k: int, mode: str = "mean") -> np.ndarray:
+    """Mean or max over a window of ``k`` positions along ``axis``, edges truncated (never wrapped).
+
+    Example
+    -------
+    >>> pool_axis(np.array([0., 3., 6.], np.float32), 0, 3)
+    array([1.5, 3. , 4.5], dtype=float32)
+    """
+    n = x.shape[axis]
+    out = x.copy()
+    count = np.ones(n, x.dtype)
+    for shift in range(1, k // 2 + 1):
+        if shift >= n:
+            break
+        lo, hi = _narrow(x, axis, 0, n - shift), _narrow(x, axis, shift, n)
+        upper = _narrow(out, axis, shift, n)
+        lower = _narrow(out, axis, 0, n - shift)
+        if mode == "mean":
+            upper += lo
+            lower += hi
+            count[shift:] += 1
+            count[: n - shift] += 1
+        else:
+            np.maximum(upper, lo, out=upper)
+            np.maximum(lower, hi, out=lower)
+    if mode == "mean":
+        view = [1] * x.ndim
+        view[axis] = n
+        out /= count.reshape(view)
+    return out
+
+
+def _narrow(x: np.ndarray, axis: int, start: int, stop: int) -> np.ndarray:
+    index = [slice(None)] * x.ndim
+    index[axis] = slice(start, stop)
+    return x[tuple(index)]
+
+
+def neighbour_table(bad_pixels, shape: tuple[int, int], all_bad=None):
+    """Flat indices of bad pixels (n,) and of their good 8-neighbours (n, 8), with weights
+    (n, 8) that are 0 where a neighbour is missing or bad itself."""
+    rows, cols = shape
+    bad_mask = np.zeros(shape, bool)
+    pts = [(r, c) for r, c in bad_pixels if 0 <= r < rows and 0 <= c < cols]
+    for r, c in (all_bad if all_bad is not None else pts):
+        if 0 <= r < rows and 0 <= c < cols:
+            bad_mask[r, c] = True
+    offsets = [(dr, dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1) if (dr, dc) != (0, 0)]
+    neighbours = np.zeros((len(pts), 8), np.int64)
+    weights = np.zeros((len(pts), 8), np.float32)
+    for i, (r, c) in enumerate(pts):
+        for j, (dr, dc) in enumerate(offsets):
+            rr, cc = r + dr, c + dc
+            if 0 <= rr < rows and 0 <= cc < cols and not bad_mask[rr, cc]:
+                neighbours[i, j] = rr * cols + cc
+                weights[i, j] = 1.0
+    bad = np.array([r * cols + c for r, c in pts], np.int64)
+    return bad, neighbours, weights
+
+
+@dataclass
+class CountReduction:
+    """Bad-pixel repair, crop, bin and pooling across scan columns of integer counts.
+
+    The part of a :class:`ghostmap.preprocessing.Preprocessing` that works on raw counts
+    (``Preprocessing.count_reduction()`` gives it; :meth:`from_dict` makes it from a model's
+    JSON without importing torch).
+
+    Parameters
+    ----------
+    bin : int
+        Sum ``bin`` x ``bin`` detector pixels.
+    crop : tuple of int or None
+        Detector window (row_start, row_stop, col_start, col_stop), applied before binning.
+    bad_pixels : tuple of (int, int)
+        Detector (row, col) pixels replaced by the mean of their good neighbours.
+    pool : int
+        Odd k of the k x k pooling; here only the k probe positions along a scan row.
+    pool_mode : str
+        ``"mean"`` or ``"max"``.
+
+    Example
+    -------
+    >>> reduction = CountReduction(bin=2)
+    >>> reduction.reduce(np.ones((3, 4, 4), np.uint16)).shape
+    (3, 2, 2)
+    """
+
+    bin: int
+    crop: tuple[int, int, int, int] | None = None
+    bad_pixels: tuple[tuple[int, int], ...] = ()
+    pool: int = 1
+    pool_mode: str = "mean"
+    _tables: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CountReduction":
+        """From a preprocessing description (``Preprocessing.to_dict()``, a model.json's
+        ``"preprocessing"``) whose bin factor is fixed."""
+        if d.get("bin") is None:
+            raise ValueError("the preprocessing's bin factor is not fixed yet")
+        crop = d.get("crop")
+        return cls(int(d["bin"]), tuple(int(v) for v in crop) if crop is not None else None,
+                   tuple((int(r), int(c)) for r, c in d.get("bad_pixels", ())), int(d.get("pool", 1)),
+                   str(d.get("pool_mode", "mean")))
+
+    def window(self, detector_shape: tuple[int, int]) -> tuple[int, int, int, int]:
+        """(row_start, col_start, h, w): where the binned window starts and its binned size."""
+        r0, r1, c0, c1 = self.crop if self.crop is not None else (0, detector_shape[0], 0, detector_shape[1])
+        return r0, c0, (r1 - r0) // self.bin, (c1 - c0) // self.bin
+
+    def fits(self, patterns) -> bool:
+        """Whether :meth:`reduce` sums ``patterns`` exactly: NumPy integers of at most 16 bits, bin > 1."""
+        return (isinstance(patterns, np.ndarray) and patterns.dtype.kind in "iu" and patterns.dtype.itemsize <= 2
+                and self.bin > 1)
+
+    def reduce(self, patterns: np.ndarray) -> np.ndarray:
+        """Raw integer counts (n, det_row, det_col) -> repaired, cropped, binned float32 (n, h, w)."""
+        r0, c0, h, w = self.window(patterns.shape[1:])
+        b = self.bin
+        binned = bin_counts(patterns[:, r0 : r0 + h * b, c0 : c0 + w * b], b)
+        self.repair(patterns, binned)
+        return binned
+
+    def reduce_rows(self, rows: np.ndarray) -> np.ndarray:
+        """Raw scan rows (rows, cols, det_row, det_col) -> reduced, pooled across scan columns
+        (rows, cols, h, w) float32."""
+        n_rows, n_cols = rows.shape[:2]
+        reduced = self.reduce(rows.reshape(-1, *rows.shape[2:]))
+        reduced = reduced.reshape(n_rows, n_cols, *reduced.shape[1:])
+        return pool_axis(reduced, 1, self.pool, self.pool_mode) if self.pool > 1 else reduced
+
+    def repair_table(self, detector_shape: tuple[int, int]):
+        """(bad, neighbours, weights, target bin) for the bad pixels inside the binned window,
+        built once per detector shape."""
+        shape = tuple(int(v) for v in detector_shape)
+        if shape not in self._tables:
+            r0, c0, h, w = self.window(shape)
+            b = self.bin
+            inside = [(r, c) for r, c in self.bad_pixels if r0 <= r < r0 + h * b and c0 <= c < c0 + w * b]
+            bad, neighbours, weights = neighbour_table(inside, shape, all_bad=self.bad_pixels)
+            target = np.array([((r - r0) // b) * w + (c - c0) // b for r, c in inside], np.int64)
+            self._tables[shape] = (bad, neighbours, weights, target)
+        return self._tables[shape]
+
+    def repair(self, raw: np.ndarray, binned: np.ndarray) -> None:
+        """Replace each bad pixel's count by its good neighbours' mean, in ``binned``, in place.
+
+        Binning sums counts, so the repair corrects the bin that holds the pixel by
+        (neighbour mean - bad value); only the bad pixels are touched.
+        """
+        bad, neighbours, weights, target = self.repair_table(raw.shape[1:])
+        if bad.size == 0:
+            return
+        flat = raw.reshape(raw.shape[0], -1)
+        fill = (np.take(flat, neighbours, axis=1).astype(np.float32) * weights).sum(-1) / np.maximum(weights.sum(-1), 1)
+        np.add.at(binned.reshape(binned.shape[0], -1), (slice(None), target),
+                  fill - np.take(flat, bad, axis=1).astype(np.float32))
+
+
+def block_rows(scan, max_bytes: int = 32 * 2**20) -> int:
+    """Scan rows per read while streaming: one raw block stays under ``max_bytes`` (at least one row)."""
+    from .io.base import rows_per_block
+
+    return rows_per_block(scan, max_bytes)
+
+
+def row_blocks(n_rows: int, pool: int, start: int, stop: int, rows_per_block: int) -> list[tuple[int, int]]:
+    """The (start, stop) blocks of scan rows to read for output rows [start, stop): the
+    ``pool // 2`` rows on either side that pooling needs are read too.
+
+    Example
+    -------
+    >>> row_blocks(10, 3, 2, 6, 2)
+    [(1, 3), (3, 5), (5, 7)]
+    """
+    half = pool // 2
+    lo, hi = max(0, start - half), min(n_rows, stop + half)
+    return [(b, min(b + rows_per_block, hi)) for b in range(lo, hi, rows_per_block)]
+
+
+class RowReader:
+    """Blocks of scan rows read and reduced in a background thread from the moment it is made.
+
+    Each block is read, its bright-field sums taken (when ``bright_field_index`` is given) and
+    its integer counts reduced by ``reduction`` (:meth:`CountReduction.reduce_rows`, NumPy);
+    counts that ``reduction`` cannot sum exactly (floats, 32-bit integers, bin 1) go to
+    ``fallback(raw)`` instead. Iterating yields ``((start, stop), reduced rows)`` in order.
+
+    Parameters
+    ----------
+    scan : Scan
+        The scan (:func:`ghostmap.as_scan`).
+    reduction : CountReduction
+        What to do to the raw counts.
+    blocks : list of (int, int)
+        Scan-row ranges, in order (:func:`row_blocks`).
+    bright_field_index : numpy.ndarray or callable, optional
+        Flat detector indices of the bright-field disk (or a function returning them, called
+        in the reading thread); their sum for every pattern lands in ``bright_field[scan_row]``
+        (float64, one value per scan column) as blocks are read.
+    ahead : int, optional
+        Blocks kept ready ahead of the caller (0: read in the caller's thread).
+    fallback : callable, optional
+        ``fallback(raw)`` for counts ``reduction`` does not fit; without one they are an error.
+    on_raw : callable, optional
+        ``on_raw(first_row, raw)`` sees every raw block, in the reading thread.
+
+    Example
+    -------
+    >>> from ghostmap.io.base import Scan
+    >>> scan = Scan(np.ones((4, 3, 8, 8), np.uint16))
+    >>> reader = RowReader(scan, CountReduction(bin=2), row_blocks(4, 1, 0, 4, 2))
+    >>> [(block, rows.shape) for block, rows in reader]
+    [((0, 2), (2, 3, 4, 4)), ((2, 4), (2, 3, 4, 4))]
+    """
+
+    def __init__(self, scan, reduction: CountReduction, blocks, bright_field_index: np.ndarray | None = None,
+                 ahead: int = 1, fallback=None, on_raw=None):
+        from .io.base import Readahead
+
+        self.scan, self.reduction, self.fallback, self.on_raw = scan, reduction, fallback, on_raw
+        self.bright_field_index = bright_field_index
+        self.bright_field: dict[int, np.ndarray] = {}
+        self._readahead = Readahead(self._read, blocks, ahead)
+        self.blocks = self._readahead.blocks
+
+    def _read(self, block):
+        if callable(self.bright_field_index):  # found here, in the reading thread, the first time
+            self.bright_field_index = self.bright_field_index()
+        raw = np.asarray(self.scan.read_rows(*block))
+        if self.bright_field_index is not None:
+            flat = raw.reshape(raw.shape[0], raw.shape[1], -1)
+            for i in range(raw.shape[0]):
+                self.bright_field[block[0] + i] = flat[i][:, self.bright_field_index].sum(-1, dtype=np.float64)
+        if self.on_raw is not None:
+            self.on_raw(block[0], raw)
+        if self.reduction.fits(raw):
+            return self.reduction.reduce_rows(raw)
+        if self.fallback is None:
+            raise TypeError(f"{raw.dtype} counts with bin {self.reduction.bin} need a fallback reduction")
+        return self.fallback(raw)
+
+    def __iter__(self):
+        return iter(self._readahead)
+
+    def close(self) -> None:
+        """Stop reading ahead."""
+        self._readahead.close()

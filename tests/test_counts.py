@@ -1,0 +1,133 @@
+"""The NumPy-only steps on raw counts, and the reader that runs them ahead of the network."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from ghostmap.counts import CountReduction, RowReader, bin_counts, pool_axis, row_blocks
+from ghostmap.io.base import Readahead, Scan
+from ghostmap.preprocessing import Preprocessing, _pool_axis
+
+
+@pytest.fixture(scope="module")
+def counts():
+    rng = np.random.default_rng(3)
+    return rng.poisson(3, size=(5, 7, 24, 20)).astype(np.uint16)
+
+
+@pytest.mark.parametrize("mode", ["mean", "max"])
+@pytest.mark.parametrize("k", [1, 3, 5, 9])
+@pytest.mark.parametrize("axis", [0, 1])
+def test_pool_axis_is_bit_identical_to_the_torch_pooling(counts, mode, k, axis):
+    x = counts[..., :4, :4].astype(np.float32) * np.float32(0.37)
+    expected = _pool_axis(torch.from_numpy(x.copy()), axis, k, mode).numpy()
+    np.testing.assert_array_equal(pool_axis(x, axis, k, mode), expected)
+
+
+def test_reduce_rows_matches_the_torch_path(counts):
+    bad = [(0, 1), (3, 3), (3, 4), (23, 19)] + [(r, 10) for r in range(24)]
+    prep = Preprocessing(bin=4, pool=3, crop=(0, 24, 2, 18), bad_pixels=bad)
+    reduction = prep.count_reduction()
+    fast = reduction.reduce_rows(counts)
+    plain = prep.reduce(torch.from_numpy(counts.reshape(-1, 24, 20).astype(np.float32)))  # torch's float path
+    plain = _pool_axis(plain.view(5, 7, *plain.shape[1:]), 1, 3, "mean").numpy()
+    assert fast.shape == (5, 7, 6, 4) and fast.dtype == np.float32
+    np.testing.assert_allclose(fast, plain, rtol=1e-6, atol=1e-5)
+
+
+def test_bin_counts_is_exact_for_signed_and_unsigned(counts):
+    for dtype in (np.uint16, np.int16, np.uint8):
+        x = counts[0].astype(dtype)
+        expected = x.astype(np.int64).reshape(7, 12, 2, 10, 2).sum((2, 4))
+        np.testing.assert_array_equal(bin_counts(x, 2), expected.astype(np.float32))
+
+
+def test_count_reduction_from_a_model_description():
+    prep = Preprocessing(bin=2, pool=5, pool_mode="max", crop=(0, 8, 0, 8), bad_pixels=[(1, 2)])
+    assert CountReduction.from_dict(prep.to_dict()) == prep.count_reduction()
+    with pytest.raises(ValueError, match="bin"):
+        CountReduction.from_dict(Preprocessing().to_dict())
+
+
+def test_fits_only_exact_integer_counts():
+    reduction = CountReduction(bin=2)
+    assert reduction.fits(np.zeros((1, 4, 4), np.uint16))
+    assert not reduction.fits(np.zeros((1, 4, 4), np.float32))
+    assert not reduction.fits(np.zeros((1, 4, 4), np.uint32))  # sums could pass float32's exact range
+    assert not CountReduction(bin=1).fits(np.zeros((1, 4, 4), np.uint16))
+
+
+@pytest.mark.parametrize("ahead", [0, 1, 3])
+def test_row_reader_yields_every_block_in_order_with_its_bright_field(counts, ahead):
+    scan = Scan(counts)
+    reduction = CountReduction(bin=2, pool=3)
+    index = np.array([0, 5, 21, 479])
+    reader = RowReader(scan, reduction, row_blocks(5, 3, 0, 5, 2), bright_field_index=lambda: index, ahead=ahead)
+    got = list(reader)
+    assert [block for block, _ in got] == [(0, 2), (2, 4), (4, 5)]
+    np.testing.assert_array_equal(np.concatenate([rows for _, rows in got]), reduction.reduce_rows(counts))
+    for r in range(5):
+        np.testing.assert_array_equal(reader.bright_field[r], counts[r].reshape(7, -1)[:, index].sum(-1))
+
+
+def test_row_reader_hands_other_counts_to_the_fallback(counts):
+    floats = Scan(counts.astype(np.float32))
+    reduction = CountReduction(bin=2)
+    with pytest.raises(TypeError, match="fallback"):
+        list(RowReader(floats, reduction, [(0, 5)], ahead=0))
+    seen = list(RowReader(floats, reduction, [(0, 5)], ahead=0, fallback=lambda raw: raw.shape))
+    assert seen == [((0, 5), (5, 7, 24, 20))]
+
+
+def test_readahead_reads_at_most_ahead_blocks_before_they_are_asked_for():
+    started = []
+    release = threading.Event()
+
+    def read(block):
+        started.append(block)
+        if block >= 3:
+            release.wait(5)
+        return block
+
+    reader = Readahead(read, range(10), ahead=3)
+    time.sleep(0.3)
+    assert started == [0, 1, 2]  # nothing asked for yet: three blocks ready, no more
+    it = iter(reader)
+    assert next(it) == (0, 0)
+    time.sleep(0.2)
+    assert len(started) <= 4
+    release.set()
+    it.close()  # the caller stops early: reading stops too
+    n = len(started)
+    time.sleep(0.2)
+    assert len(started) == n <= 5
+
+
+def test_reading_needs_no_torch(tmp_path, counts):
+    """``ghostmap predict`` starts reading before torch loads: that path must not import it."""
+    np.save(tmp_path / "scan.npy", counts)
+    code = textwrap.dedent(f"""
+        import sys
+        sys.modules["torch"] = None  # any import of torch now fails
+        import numpy as np
+        from ghostmap.analysis import bright_field_index
+        from ghostmap.counts import CountReduction, RowReader, block_rows, row_blocks
+        from ghostmap.modelfile import read_description
+        from ghostmap.reading import open_scan
+        scan = open_scan({str(tmp_path / "scan.npy")!r})
+        blocks = row_blocks(5, 3, 0, 5, block_rows(scan))
+        reader = RowReader(scan, CountReduction(bin=2, pool=3), blocks, bright_field_index=lambda: bright_field_index(scan), ahead=2)
+        rows = np.concatenate([r for _, r in reader])
+        print(rows.shape, len(reader.bright_field))
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["(5,", "7,", "12,", "10)", "5"]
