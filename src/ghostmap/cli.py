@@ -662,6 +662,7 @@ def baseline(
     with _open(data, dataset, scan_shape) as scan:
         if apertures is not None:
             options["apertures"] = read_apertures(apertures, scan.detector_shape, radius=radius)
+        reuse_freed_memory()  # this command's own process: block buffers recycled, not page-faulted afresh
         with _progress() as progress:
             task = progress.add_task(method, total=None, info="patterns")
             result = run_baseline(scan, method, **options,
