@@ -109,3 +109,15 @@ def test_fused_network_gives_the_same_outputs_and_leaves_the_original_alone(arch
     x = torch.randn(5, 1, 32, 32)
     with torch.inference_mode():
         np.testing.assert_allclose(fused(x).numpy(), net.eval()(x).numpy(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 6, 5), (3, 8, 32, 32), (1, 1, 7, 9)])
+def test_maxpool2x2_equals_torch_max_pool_in_both_layouts(shape):
+    from ghostmap.model import MaxPool2x2
+
+    x = torch.randn(*shape)
+    x[0, 0, 0, 0] = float("nan")  # propagated as by nn.MaxPool2d
+    for layout in (torch.contiguous_format, torch.channels_last):
+        got, expected = MaxPool2x2()(x.contiguous(memory_format=layout)), torch.nn.MaxPool2d(2)(x)
+        assert got.shape == expected.shape
+        assert torch.equal(torch.nan_to_num(got, nan=-7.0), torch.nan_to_num(expected, nan=-7.0))
