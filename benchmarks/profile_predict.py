@@ -1,60 +1,121 @@
 #!/usr/bin/env python
-"""Split `ghostmap predict`'s time per pattern into preprocessing and the network.
+"""The CPU cost of every step of `ghostmap predict`, per pattern, on one thread: a CPU budget.
 
-Run after benchmarks/benchmark.py (it uses that run's scan and model)::
+On a machine of C cores, classifying N patterns at R patterns/s leaves C * N / R core-seconds
+for everything: start-up, reading, binning, the network, the outputs. This script measures
+each step alone, on one thread (torch and NumPy), over a few scan rows, and prints what the
+steps cost for the whole scan beside that budget, so one can see which target is reachable
+before optimising. Run after benchmarks/benchmark.py (it uses that run's scan and model)::
 
-    python benchmarks/profile_predict.py [SCAN.npy] [MODEL_DIR] [--rows 12]
+    python benchmarks/profile_predict.py [SCAN.npy] [MODEL_DIR] [--rows 3] [--rate 2000] [--cores 2]
 """
 
 import argparse
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
-import torch
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch loads: every step on one thread
 
-from ghostmap.model import Model
-from ghostmap.preprocessing import stream_rows
-from ghostmap.reading import open_scan
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from ghostmap.analysis import bright_field_index  # noqa: E402
+from ghostmap.counts import bin_counts, pool_axis  # noqa: E402
+from ghostmap.model import Model, fused_for_inference  # noqa: E402
+from ghostmap.preprocessing import _pool_axis  # noqa: E402
+from ghostmap.reading import open_scan  # noqa: E402
 
 DATA = Path(__file__).resolve().parent / "data"
 
 
-def best_of(n, f):
-    times = []
+def median_of(n, f):
+    times, result = [], None
     for _ in range(n):
         start = time.perf_counter()
-        f()
+        result = f()
         times.append(time.perf_counter() - start)
-    return min(times)
+    return sorted(times)[n // 2], result
+
+
+def start_up_seconds(repeats: int = 3) -> tuple[float, float]:
+    """Median seconds of a fresh process importing torch + ghostmap.prediction, and of one importing
+    only what reading needs (NumPy, ghostmap.counts, ghostmap.reading)."""
+    def run(code):
+        return median_of(repeats, lambda: subprocess.run([sys.executable, "-c", code], check=True))[0]
+
+    return (run("import ghostmap.prediction, ghostmap.model"),
+            run("import ghostmap.counts, ghostmap.reading, ghostmap.modelfile"))
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("scan", nargs="?", default=DATA / "scan_34x206_det512_seed0.npy")
     p.add_argument("model", nargs="?", default=DATA / "models" / "compact-cpu")
-    p.add_argument("--rows", type=int, default=12)
+    p.add_argument("--rows", type=int, default=3, help="scan rows timed (the middle of the scan)")
     p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--rate", type=float, default=2000.0, help="target patterns per second")
+    p.add_argument("--cores", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=5)
     args = p.parse_args()
+    torch.set_num_threads(1)
     scan, model = open_scan(args.scan), Model.load(args.model)
-    start = time.perf_counter()
-    parts = [x for _, _, x in stream_rows(scan, model.preprocessing, 0, args.rows)]
-    preprocess = time.perf_counter() - start
-    x = torch.cat(parts).reshape(-1, 1, *model.input_shape)
-    n = x.shape[0]
+    prep = model.preprocessing
+    counts = prep.count_reduction()
+    n_rows, n_cols = scan.scan_shape
+    r0 = max(0, n_rows // 2 - args.rows // 2)
+    r1 = min(n_rows, r0 + args.rows)
+    n = (r1 - r0) * n_cols
+    bf = bright_field_index(scan)
+    steps = {}
+    steps["read (file -> memory)"], raw = median_of(args.repeats, lambda: np.asarray(scan.read_rows(r0, r1)))
+    flat = raw.reshape(n, *raw.shape[2:])
+    steps["bright-field sums"], _ = median_of(
+        args.repeats, lambda: [raw[i].reshape(n_cols, -1)[:, bf].sum(-1, dtype=np.float64) for i in range(len(raw))])
+    b = prep.bin
+    r0w, c0w, h, w = counts.window(scan.detector_shape)
+    window = flat[:, r0w : r0w + h * b, c0w : c0w + w * b]
+    steps["bin (integer sums)"], binned = median_of(args.repeats, lambda: bin_counts(window, b))
+    steps[f"bad-pixel repair ({len(counts.bad_pixels)} pixels)"], _ = median_of(
+        args.repeats, lambda: counts.repair(flat, binned.copy()))
+    reduced = counts.reduce(flat).reshape(r1 - r0, n_cols, h, w)
+    steps["pool across scan columns"], _ = median_of(args.repeats, lambda: pool_axis(reduced, 1, prep.pool, prep.pool_mode))
+    t = torch.from_numpy(reduced)
+    steps["pool across scan rows"], pooled = median_of(args.repeats, lambda: _pool_axis(t, 0, prep.pool, prep.pool_mode))
+    steps["sqrt + normalise (finish)"], x = median_of(args.repeats, lambda: prep.finish(pooled.reshape(-1, h, w)))
+    x = x.reshape(-1, 1, h, w).contiguous(memory_format=torch.channels_last)
 
-    def run(net, inputs):
+    def run(net):
         with torch.inference_mode():
             for i in range(0, n, args.batch):
-                net(inputs[i : i + args.batch])
+                net(x[i : i + args.batch])
 
-    net = model.network.eval()
-    plain = best_of(3, lambda: run(net, x))
-    net_cl, x_cl = net.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
-    channels_last = best_of(3, lambda: run(net_cl, x_cl))
-    print(f"{n} patterns, torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(f"read + preprocess: {preprocess / n * 1000:.3f} ms/pattern")
-    print(f"network:           {plain / n * 1000:.3f} ms/pattern")
-    print(f"network, channels-last: {channels_last / n * 1000:.3f} ms/pattern")
+    plain = model.network.eval().to(memory_format=torch.channels_last)
+    fused = fused_for_inference(model.network).to(memory_format=torch.channels_last)
+    network_plain, _ = median_of(args.repeats, lambda: run(plain))
+    steps["network (fused for inference)"], _ = median_of(args.repeats, lambda: run(fused))
+    startup, reading_startup = start_up_seconds()
+
+    total_patterns = n_rows * n_cols
+    budget = args.cores * total_patterns / args.rate
+    print(f"{n} patterns of {scan.detector_shape[0]} x {scan.detector_shape[1]} timed (scan rows {r0}-{r1 - 1}), "
+          f"network input {h} x {w}, torch {torch.__version__}, one thread; medians of {args.repeats}")
+    print(f"{'step':38s} {'ms/pattern':>10s} {'core-s, whole scan':>19s}")
+    whole = 0.0
+    for name, seconds in steps.items():
+        per = seconds / n
+        whole += per * total_patterns
+        print(f"{name:38s} {per * 1e3:10.3f} {per * total_patterns:19.2f}")
+    print(f"{'(network before fusing, not counted)':38s} {network_plain / n * 1e3:10.3f} "
+          f"{network_plain / n * total_patterns:19.2f}")
+    print(f"{'start-up: import torch + ghostmap':38s} {'':10s} {startup:19.2f}")
+    print(f"{'(start-up of reading alone)':38s} {'':10s} {reading_startup:19.2f}")
+    whole += startup
+    print(f"{'total':38s} {'':10s} {whole:19.2f}")
+    print(f"budget for {args.rate:,.0f} patterns/s on {args.cores} cores ({total_patterns} patterns): "
+          f"{budget:.2f} core-s; the steps above need {whole / budget:.2f} x that, before the outputs")
 
 
 if __name__ == "__main__":
