@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ghostmap.errors import GhostmapError
-from ghostmap.model import Model, build_network
+from ghostmap.model import Model, build_network, fused_for_inference
 from ghostmap.outputs import domain_rgb, load_prediction, save_prediction
 from ghostmap.prediction import activation_bytes, default_batch_size, iter_predictions, predict, prepare_network
 from ghostmap.preprocessing import Preprocessing, preprocess_positions
@@ -170,12 +170,16 @@ def test_a_compile_mode_that_fails_falls_back_to_the_plain_network(scan, monkeyp
 
 
 def test_batches_are_sized_by_every_layers_activations():
+    import ghostmap.prediction as prediction
+
     compact = build_network("compact", 3, (128, 128))
     paper = build_network("paper", 3, (256, 256))
     assert activation_bytes(compact, (128, 128)) == 2 * 8 * 128 * 128 * 4  # first batch norm: in + out
     assert activation_bytes(paper, (256, 256)) == (16 * 256 * 256 + 16 * 128 * 128) * 4  # first max-pool
-    assert default_batch_size((128, 128), network=compact) == 64
-    assert default_batch_size((256, 256), network=paper) == 12
+    # batches are sized on the network as it runs: fused, its widest step the first max-pool (in + out)
+    budget = prediction.CPU_ACTIVATION_BUDGET
+    assert default_batch_size((128, 128), network=compact) == budget // ((8 * 128 * 128 + 8 * 64 * 64) * 4)
+    assert default_batch_size((256, 256), network=paper) == budget // ((16 * 256 * 256 + 16 * 128 * 128) * 4)
 
 
 def test_a_large_batch_size_is_capped_on_the_cpu(scan, monkeypatch):
@@ -186,7 +190,8 @@ def test_a_large_batch_size_is_capped_on_the_cpu(scan, monkeypatch):
     seen = []
     real = prediction.classify
     monkeypatch.setattr(prediction, "classify", lambda net, x, batch, dev: seen.append(batch) or real(net, x, batch, dev))
-    monkeypatch.setattr(prediction, "CPU_ACTIVATION_BUDGET", 5 * activation_bytes(model.network, model.input_shape))
+    fused = fused_for_inference(model.network)
+    monkeypatch.setattr(prediction, "CPU_ACTIVATION_BUDGET", 5 * activation_bytes(fused, model.input_shape))
 
     def batch_sizes(**kwargs):
         seen.clear()

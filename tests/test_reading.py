@@ -504,3 +504,20 @@ def test_reading_still_exports_what_moved():
     assert reading.save_preview is ghostmap.outputs.save_preview
     with pytest.raises(AttributeError):
         reading.no_such_name  # noqa: B018
+
+
+def test_mapped_rows_are_the_rows_and_say_when_the_file_is_cut_short(tmp_path):
+    from ghostmap.io.base import Scan
+
+    data = np.random.default_rng(0).poisson(3, (4, 3, 8, 8)).astype(np.uint16)
+    np.save(tmp_path / "scan.npy", data)
+    scan = open_scan(tmp_path / "scan.npy")
+    with scan.mapped_rows(1, 3) as rows:
+        np.testing.assert_array_equal(rows, data[1:3])
+    with Scan(data.astype(">u2")).mapped_rows(0, 2) as rows:  # not a file: read as read_rows does
+        np.testing.assert_array_equal(rows, data[:2])
+    with open(tmp_path / "scan.npy", "r+b") as f:  # the file loses its last rows after it was opened
+        f.truncate(f.seek(0, 2) - 3 * 8 * 8 * 2 * 2)
+    with pytest.raises(GhostmapError, match="truncated"):
+        with scan.mapped_rows(2, 4):
+            pass

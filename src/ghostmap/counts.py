@@ -303,7 +303,10 @@ class RowReader:
     def _read(self, block):
         if callable(self.bright_field_index):  # found here, in the reading thread, the first time
             self.bright_field_index = self.bright_field_index()
-        raw = np.asarray(self.scan.read_rows(*block))
+        with self.scan.mapped_rows(*block) as raw:
+            return self._reduce(block, np.asarray(raw))
+
+    def _reduce(self, block, raw: np.ndarray):
         if self.bright_field_index is not None:
             flat = raw.reshape(raw.shape[0], raw.shape[1], -1)
             for i in range(raw.shape[0]):
@@ -318,6 +321,16 @@ class RowReader:
 
     def __iter__(self):
         return iter(self._readahead)
+
+    @property
+    def in_background(self) -> bool:
+        """Whether a background thread reads."""
+        return self._readahead.in_background
+
+    @property
+    def finished(self) -> bool:
+        """Whether every block has been read."""
+        return self._readahead.finished
 
     def close(self) -> None:
         """Stop reading ahead."""

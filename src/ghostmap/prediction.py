@@ -61,23 +61,27 @@ def activation_bytes(network: torch.nn.Module, input_shape: tuple[int, int]) -> 
     return max(sizes, default=4 * input_shape[0] * input_shape[1])
 
 
-# On the CPU no batch's activations pass this, whatever batch size is asked for. Measured end to
-# end on the paper-size scan (BENCHMARKS.md): the compact network ran as fast with 16 MB (16
-# patterns) as with 64 MB (64), and batches of 206 took 1.9 x as long network-only; the paper
-# network ran 1.2-1.3 x faster with 64 MB (12 patterns) than with 16-24 MB (its 32 MB dense layer
-# is read once a batch) and no faster with 128 MB, which took 1.6 GB of memory.
-CPU_ACTIVATION_BUDGET = 64 * 2**20
+# On the CPU no batch's activations pass this, whatever batch size is asked for, measured on the
+# network as it runs (fused for inference). Network alone on the paper-size scan's inputs, 2 threads
+# (BENCHMARKS.md): the fused compact network at 128 x 128 (0.6 MB a pattern at its widest) took
+# 0.21-0.24 ms a pattern in batches of 8-48 and 0.37-0.65 ms in batches of 64 (38 MB, past the
+# cache); the fused paper network at 256 x 256 (5 MB) was fastest in batches of 4-6 (3.0-3.2 ms)
+# and 1.5 x slower in batches of 12-24.
+CPU_ACTIVATION_BUDGET = 24 * 2**20
 
 
-def default_batch_size(input_shape: tuple[int, int], budget_bytes: int = CPU_ACTIVATION_BUDGET,
+def default_batch_size(input_shape: tuple[int, int], budget_bytes: int | None = None,
                        network: torch.nn.Module | None = None) -> int:
-    """Patterns per forward pass so that one batch's activations stay near ``budget_bytes``.
+    """Patterns per forward pass so that one batch's activations stay near ``budget_bytes``
+    (default ``CPU_ACTIVATION_BUDGET``).
 
-    With ``network``, its widest step is measured (:func:`activation_bytes`); without, a first
-    layer of 16 channels is assumed.
+    With ``network``, the widest step of its inference form (:func:`ghostmap.model.fused_for_inference`)
+    is measured (:func:`activation_bytes`); without, a first layer of 16 channels is assumed.
     """
+    budget_bytes = CPU_ACTIVATION_BUDGET if budget_bytes is None else budget_bytes
     if network is not None:
-        return int(min(512, max(1, budget_bytes // activation_bytes(network, input_shape))))
+        per_pattern = activation_bytes(fused_for_inference(network), input_shape)
+        return int(min(512, max(1, budget_bytes // per_pattern)))
     per_pattern = 16 * input_shape[0] * input_shape[1] * 4
     return int(min(512, max(8, budget_bytes // per_pattern)))
 
@@ -86,16 +90,19 @@ _measured: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # network ->
 _measuring = threading.Lock()
 
 
-def _batch_size(requested: int | None, model: Model, device: torch.device) -> int:
+def _batch_size(requested: int | None, network: torch.nn.Module, input_shape: tuple[int, int],
+                device: torch.device) -> int:
     """``requested``, but on the CPU never more than fits ``CPU_ACTIVATION_BUDGET``; by default that.
 
-    A network's activations are measured once (under a lock: threads of a cluster worker share
-    the model), so later row ranges put no hooks on a network another thread is running."""
+    ``network`` is the one that runs (:func:`prepare_network`). Its activations are measured once
+    (under a lock: threads of a cluster worker share a cached network), so later row ranges put
+    no hooks on a network another thread is running."""
+    network = getattr(network, "plain", network)  # a compiled network: its eager twin has the same activations
     with _measuring:
-        per_network = _measured.setdefault(model.network, {})
-        if model.input_shape not in per_network:
-            per_network[model.input_shape] = activation_bytes(model.network, model.input_shape)
-        per_pattern = per_network[model.input_shape]
+        per_network = _measured.setdefault(network, {})
+        if input_shape not in per_network:
+            per_network[input_shape] = activation_bytes(network, input_shape)
+        per_pattern = per_network[input_shape]
     fit = int(min(512, max(1, CPU_ACTIVATION_BUDGET // per_pattern)))
     if device.type != "cpu":  # activations live in GPU memory there
         return requested or fit
@@ -259,6 +266,7 @@ def iter_predictions(
     bf_index: np.ndarray | None = None,
     compile: str | None = None,
     reader: RowReader | None = None,
+    share_cores: bool = False,
 ) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
     """Yield (row_start, row_stop, probabilities (rows, cols, C), bright field (rows, cols)) per block.
 
@@ -267,13 +275,15 @@ def iter_predictions(
     the unit of work that :func:`predict`, a series and a Dask cluster all run.
 
     ``batch_size``: the most patterns per forward pass. On the CPU batches are never larger
-    than keeps their activations within ``CPU_ACTIVATION_BUDGET`` (64 MB: 64 patterns of the
-    compact network at 128 x 128, 12 of the paper network at 256 x 256), whatever is asked:
-    larger batches measured no faster there, and the paper network's batches of 206 (the CLI's
-    ``--batch-size 256`` on a 206-column scan) took over 1 GB. On a GPU ``batch_size`` is used
-    as given (default: 64 MB of activations). ``compile``: see :func:`prepare_network`.
+    than keeps their activations within ``CPU_ACTIVATION_BUDGET`` (24 MB: 38 patterns of the
+    compact network at 128 x 128, 4 of the paper network at 256 x 256), whatever is asked:
+    larger batches measured slower there (past the cache), and the paper network's batches of
+    206 (the CLI's ``--batch-size 256`` on a 206-column scan) took over 1 GB. On a GPU
+    ``batch_size`` is used as given (default: 24 MB of activations). ``compile``: see :func:`prepare_network`.
     ``reader``: the rows already being read, from :func:`ghostmap.preprocessing.reader_for`
     with a ``bright_field_index`` (``rows_per_block``, ``prefetch`` and ``bf_index`` are then its own).
+    ``share_cores``: on the CPU, from the main thread, run torch on one thread fewer while the
+    background reader still reads (:class:`_CoreSharing`); :func:`predict` asks for it.
     """
     scan = as_scan(scan)
     model.check_scan(scan.detector_shape, scan.source)
@@ -281,7 +291,7 @@ def iter_predictions(
     stop = n_rows if stop is None else stop
     dev = device if isinstance(device, torch.device) else pick_device(device)
     network = prepare_network(model, dev, compile=compile)
-    batch_size = _batch_size(batch_size, model, dev)
+    batch_size = _batch_size(batch_size, network, model.input_shape, dev)
     logger.debug("classifying scan rows %d-%d on %s, batches of %d", start, stop, dev, batch_size)
     if reader is None:
         reader = reader_for(scan, model.preprocessing, start, stop, rows_per_block, ahead=int(prefetch),
@@ -289,12 +299,44 @@ def iter_predictions(
     elif reader.bright_field_index is None:
         raise ValueError("the reader given sums no bright field: make it with a bright_field_index")
     bright = reader.bright_field
+    threads = _CoreSharing(reader if share_cores and dev.type == "cpu" else None)
     try:
         for r0, r1, inputs in stream_rows(scan, model.preprocessing, start, stop, reader=reader):
-            probabilities = classify(network, inputs, batch_size, dev).reshape(r1 - r0, n_cols, -1)
+            with threads:
+                probabilities = classify(network, inputs, batch_size, dev).reshape(r1 - r0, n_cols, -1)
             yield r0, r1, probabilities, np.stack([bright.pop(i) for i in range(r0, r1)]).astype(np.float32)
     finally:
         reader.close()
+
+
+class _CoreSharing:
+    """While a background reader still reads, run torch on one thread fewer, then on all again.
+
+    A reading thread busy on one core and torch's thread team on every core fight: each
+    parallel step of the network waits for the team's thread that shares the reader's core.
+    On 2 cores (paper-size scan) the network ran 2.5 x slower beside the reader than alone,
+    and predict took 7.2 s with 2 torch threads throughout, 6.7 s with 1 throughout and
+    {shared} s this way (BENCHMARKS.md). torch's thread count is process-wide, so this is only
+    done from the main thread (never from a web server's or a cluster worker's threads), and
+    the count is put back after every batch of forward passes.
+    """
+
+    def __init__(self, reader):
+        self.reader = reader if (reader is not None and reader.in_background
+                                 and threading.current_thread() is threading.main_thread()) else None
+        self.saved = None
+
+    def __enter__(self):
+        if self.reader is not None and not self.reader.finished:
+            self.saved = torch.get_num_threads()
+            if self.saved > 1:
+                torch.set_num_threads(self.saved - 1)
+        return self
+
+    def __exit__(self, *exc):
+        if self.saved is not None and self.saved > 1:
+            torch.set_num_threads(self.saved)
+        self.saved = None
 
 
 def predict(
@@ -379,7 +421,7 @@ def predict(
     bright_field = np.zeros((n_rows, n_cols), np.float32)
     for r0, r1, probs, bright in iter_predictions(scan, model, batch_size=batch_size, device=device,
                                                   rows_per_block=rows_per_block, prefetch=prefetch, compile=compile,
-                                                  reader=reader):
+                                                  reader=reader, share_cores=True):
         probabilities[r0:r1], bright_field[r0:r1] = probs, bright
         if progress:
             progress(r1 * n_cols, n_rows * n_cols)
