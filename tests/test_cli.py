@@ -713,7 +713,7 @@ def test_predict_command_reading_ahead_gives_the_library_prediction(cli, tmp_pat
     started = []
     start_reading = ghostmap.cli._start_reading
     monkeypatch.setattr(ghostmap.cli, "_start_reading", lambda *a: started.append(start_reading(*a)) or started[-1])
-    for readahead in ("1", "5"):
+    for readahead in ("1", "300"):
         r = cli("predict", tiny["scan"], "--model", tmp_path / "model", "--out", tmp_path / readahead,
                 "--readahead", readahead)
         assert r.code == 0, r.text

@@ -143,3 +143,15 @@ def test_integer_fast_path_bins_and_repairs_as_the_float_path(dtype):
         slow = prep.reduce(torch.from_numpy(raw.astype(np.float32)))  # a tensor: the plain path
         torch.testing.assert_close(fast, slow, rtol=1e-6, atol=1e-3)
         assert fast.dtype == torch.float32
+
+
+def test_reduce_never_writes_into_the_callers_counts():
+    """Unbinned float32 counts with bad pixels: the repair works on a copy, not on the input
+    (which may be a read-only mapping of the user's file)."""
+    counts = np.random.default_rng(0).poisson(3, (2, 8, 8)).astype(np.float32)
+    counts[:, 2, 3] = 1000.0
+    before = counts.copy()
+    counts.flags.writeable = False
+    out = Preprocessing(bin=1, pool=1, bad_pixels=[(2, 3)]).reduce(counts)
+    np.testing.assert_array_equal(counts, before)
+    assert float(out[0, 2, 3]) < 100

@@ -300,9 +300,8 @@ def predict(
     workers: Optional[int] = typer.Option(None, "--workers", help="With --executor dask and no --scheduler: local cluster workers (default 2)."),
     dataset: Optional[str] = DatasetOpt,
     scan_shape: Optional[str] = ScanShapeOpt,
-    readahead: int = typer.Option(16, "--readahead", help="Blocks of scan rows read and binned ahead of the "
-                                  "network (local executor): reading starts before torch loads, and this many "
-                                  "blocks may wait, about 14 MB each for a 206-column scan at 128 px."),
+    readahead: int = typer.Option(256, "--readahead", help="MB of binned scan rows that may wait for the network "
+                                  "(local executor): reading starts before torch loads and runs this far ahead."),
 ):
     """Classify every pattern and write the domain map; for several scans, follow the series."""
     from .modelfile import read_description
@@ -371,12 +370,14 @@ def _start_reading(scan, description: dict, readahead: int):
         detector_shape = tuple(int(v) for v in description["detector_shape"])
     except (KeyError, TypeError, ValueError):
         return None
-    integer = scan.dtype.kind in "iu" and scan.dtype.itemsize <= 2
-    if tuple(scan.detector_shape) != detector_shape or not integer or reduction.bin < 2:
+    if tuple(scan.detector_shape) != detector_shape or not reduction.fits_dtype(scan.dtype):
         return None
-    n_rows = scan.scan_shape[0]
-    blocks = row_blocks(n_rows, reduction.pool, 0, n_rows, block_rows(scan))
-    return RowReader(scan, reduction, blocks, bright_field_index=lambda: bright_field_index(scan), ahead=readahead)
+    n_rows, n_cols = scan.scan_shape
+    step = block_rows(scan)
+    _, _, h, w = reduction.window(scan.detector_shape)
+    ahead = max(1, readahead * 2**20 // (step * n_cols * h * w * 4))  # binned float32 blocks in that many MB
+    blocks = row_blocks(n_rows, reduction.pool, 0, n_rows, step)
+    return RowReader(scan, reduction, blocks, bright_field_index=lambda: bright_field_index(scan), ahead=ahead)
 
 
 def reuse_freed_memory(mmap_threshold: int = 256 * 2**20, trim_threshold: int = 512 * 2**20) -> bool:

@@ -186,8 +186,12 @@ class CountReduction:
 
     def fits(self, patterns) -> bool:
         """Whether :meth:`reduce` sums ``patterns`` exactly: NumPy integers of at most 16 bits, bin > 1."""
-        return (isinstance(patterns, np.ndarray) and patterns.dtype.kind in "iu" and patterns.dtype.itemsize <= 2
-                and self.bin > 1)
+        return isinstance(patterns, np.ndarray) and self.fits_dtype(patterns.dtype)
+
+    def fits_dtype(self, dtype) -> bool:
+        """Whether counts of ``dtype`` are summed exactly here (see :meth:`fits`)."""
+        dtype = np.dtype(dtype)
+        return dtype.kind in "iu" and dtype.itemsize <= 2 and self.bin > 1
 
     def reduce(self, patterns: np.ndarray) -> np.ndarray:
         """Raw integer counts (n, det_row, det_col) -> repaired, cropped, binned float32 (n, h, w)."""
@@ -303,8 +307,10 @@ class RowReader:
     def _read(self, block):
         if callable(self.bright_field_index):  # found here, in the reading thread, the first time
             self.bright_field_index = self.bright_field_index()
-        with self.scan.mapped_rows(*block) as raw:
-            return self._reduce(block, np.asarray(raw))
+        if self.reduction.fits_dtype(self.scan.dtype):  # reduced in NumPy straight from the file's pages
+            with self.scan.mapped_rows(*block) as raw:
+                return self._reduce(block, np.asarray(raw))
+        return self._reduce(block, np.asarray(self.scan.read_rows(*block)))  # a copy torch may write to
 
     def _reduce(self, block, raw: np.ndarray):
         if self.bright_field_index is not None:

@@ -21,6 +21,7 @@ multi-threaded; pooling works on blocks of shape (scan_row, scan_col, det_row, d
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterator
 
@@ -191,7 +192,9 @@ class Preprocessing:
                     out = part.new_empty((n, *part.shape[1:]))
                 out[i : i + part.shape[0]] = part
             return out
-        raw = torch.as_tensor(patterns)
+        with warnings.catch_warnings():  # read-only counts (a mapped file) are fine: raw is only read
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            raw = torch.as_tensor(patterns)
         if raw.ndim != 3:
             raise ValueError(f"reduce expects (n, det_row, det_col), got shape {tuple(raw.shape)}")
         shape = tuple(raw.shape[1:])
@@ -207,6 +210,8 @@ class Preprocessing:
         if b > 1:  # sum b x b blocks: along columns, then along rows
             n = x.shape[0]
             x = x.view(n, h * b, w, b).sum(-1).view(n, h, b, w).sum(2)
+        elif self.bad_pixels:  # float32 counts unbinned may be the caller's own (even read-only, mapped) memory
+            x = x.clone()
         if self.bad_pixels:
             self._repair_bad_pixels(raw, x)
         return x
