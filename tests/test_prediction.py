@@ -243,3 +243,26 @@ def test_integer_counts_fast_path_gives_the_plain_predictions(scan):
     plain = predict(as_scan(scan.read_rows(0, scan.scan_shape[0]).astype(np.float32)), model, rows_per_block=4)
     assert_same_prediction(fast, plain, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(fast.labels, plain.labels)
+
+
+def test_predict_gives_the_reader_a_core_and_puts_torch_threads_back(scan, monkeypatch):
+    """From the main thread, torch runs one thread fewer while the background reader still reads."""
+    import time
+
+    import ghostmap.prediction as prediction
+
+    before = torch.get_num_threads()
+    if before < 2:
+        pytest.skip("one torch thread: nothing to share")
+    slow = as_scan(scan.read_rows(0, scan.scan_shape[0]))
+    real_read = slow.read_rows
+    monkeypatch.setattr(slow, "read_rows", lambda a, b: time.sleep(0.05) or real_read(a, b))
+    seen = []
+    real = prediction.classify
+    monkeypatch.setattr(prediction, "classify", lambda *a: seen.append(torch.get_num_threads()) or real(*a))
+    predict(slow, random_model(), rows_per_block=1)
+    assert seen[0] == before - 1  # the reader still had rows to read
+    assert torch.get_num_threads() == before
+    seen.clear()
+    predict(slow, random_model(), rows_per_block=1, prefetch=False)  # nothing reads beside the network
+    assert set(seen) == {before}
