@@ -25,6 +25,7 @@ import torch  # noqa: E402
 from ghostmap.analysis import bright_field_index  # noqa: E402
 from ghostmap.counts import bin_counts, pool_axis  # noqa: E402
 from ghostmap.model import Model, fused_for_inference  # noqa: E402
+from ghostmap.prediction import default_batch_size  # noqa: E402
 from ghostmap.preprocessing import _pool_axis  # noqa: E402
 from ghostmap.reading import open_scan  # noqa: E402
 
@@ -55,7 +56,7 @@ def main():
     p.add_argument("scan", nargs="?", default=DATA / "scan_34x206_det512_seed0.npy")
     p.add_argument("model", nargs="?", default=DATA / "models" / "compact-cpu")
     p.add_argument("--rows", type=int, default=3, help="scan rows timed (the middle of the scan)")
-    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--batch", type=int, default=None, help="patterns per forward pass (default: predict's)")
     p.add_argument("--rate", type=float, default=2000.0, help="target patterns per second")
     p.add_argument("--cores", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5)
@@ -92,6 +93,7 @@ def main():
             for i in range(0, n, args.batch):
                 net(x[i : i + args.batch])
 
+    args.batch = args.batch or default_batch_size(model.input_shape, network=model.network)
     plain = model.network.eval().to(memory_format=torch.channels_last)
     fused = fused_for_inference(model.network).to(memory_format=torch.channels_last)
     network_plain, _ = median_of(args.repeats, lambda: run(plain))
@@ -101,7 +103,8 @@ def main():
     total_patterns = n_rows * n_cols
     budget = args.cores * total_patterns / args.rate
     print(f"{n} patterns of {scan.detector_shape[0]} x {scan.detector_shape[1]} timed (scan rows {r0}-{r1 - 1}), "
-          f"network input {h} x {w}, torch {torch.__version__}, one thread; medians of {args.repeats}")
+          f"network input {h} x {w} in batches of {args.batch}, torch {torch.__version__}, one thread; "
+          f"medians of {args.repeats}")
     print(f"{'step':38s} {'ms/pattern':>10s} {'core-s, whole scan':>19s}")
     whole = 0.0
     for name, seconds in steps.items():
