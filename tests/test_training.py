@@ -9,7 +9,8 @@ from ghostmap.prediction import predict
 from ghostmap.preprocessing import fit_preprocessing
 from ghostmap.reading import as_scan
 from ghostmap.simulate import simulate_scan
-from ghostmap.training import TrainingOptions, augment_batch, stratified_split, swap_pairs, train
+from ghostmap.training import (TrainingOptions, augment_batch, refit_seed, stratified_split, swap_pairs, train,
+                               unlabelled_positions)
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +121,7 @@ def test_ensemble_round_trips_and_one_network_still_trains(small_scan, tmp_path)
     loaded = Model.load(tmp_path / "ensemble")
     assert np.allclose(predict(scan, loaded).probabilities, predict(scan, model).probabilities, atol=1e-6)
 
-    single = train(scan, labels, TrainingOptions(seed=0, epochs=3, members=1))
+    single = train(scan, labels, TrainingOptions(seed=0, epochs=3, members=1, checkpoint="best"))
     assert isinstance(single.network, CompactNet) and single.metrics["n_validation"] > 0
     single.save(tmp_path / "single")
     # a model folder from before ensembles (no "members" in its JSON) still loads and predicts
@@ -131,3 +132,56 @@ def test_ensemble_round_trips_and_one_network_still_trains(small_scan, tmp_path)
     assert np.allclose(predict(scan, old).probabilities, predict(scan, single).probabilities, atol=1e-6)
     with pytest.raises(GhostmapError, match="members"):
         train(scan, labels, TrainingOptions(members=0))
+
+
+def test_default_trains_every_label_and_keeps_the_final_weights(small_scan):
+    scan, truth = small_scan
+    labels, _ = label_loop(truth, 24, seed=1)
+    model = train(scan, labels, TrainingOptions(seed=0, epochs=150))
+    m = model.metrics
+    assert m["checkpoint"] == "final" and m["n_validation"] == 0 and m["n_train"] == len(labels)
+    assert m["best_epoch"] == m["epochs"] == 150 and len(m["history"]) == 150
+    assert m["train_accuracy_all_labels"] >= 0.9 and m["refits"] == 0 and m["fit_per_attempt"][0] >= 0.9
+    paper = train(scan, labels, TrainingOptions(seed=0, epochs=2, arch="paper"))
+    assert paper.metrics["checkpoint"] == "best" and paper.metrics["n_validation"] > 0
+    with pytest.raises(GhostmapError, match="checkpoint"):
+        train(scan, labels, TrainingOptions(epochs=2, checkpoint="median"))
+    with pytest.raises(GhostmapError, match="cosine"):
+        train(scan, labels, TrainingOptions(epochs=2, schedule="plateau"))
+
+
+def test_a_network_that_does_not_fit_its_labels_is_trained_again():
+    # identical patterns under different labels: no network fits more than half of them
+    data = np.full((6, 6, 32, 32), 5, np.uint16)
+    labels = Labels(np.arange(6, dtype=np.int64), np.zeros(6, np.int64), np.array(["vertical", "horizontal"] * 3))
+    model = train(as_scan(data), labels, TrainingOptions(seed=0, epochs=2, refits=2))
+    m = model.metrics
+    assert m["refits"] == 2 and len(m["fit_per_attempt"]) == 3 and max(m["fit_per_attempt"]) < 0.9
+    assert m["val_accuracy"] == max(m["fit_per_attempt"])  # the best fitting attempt is kept
+    none = train(as_scan(data), labels, TrainingOptions(seed=0, epochs=2, refits=0))
+    assert none.metrics["refits"] == 0 and len(none.metrics["fit_per_attempt"]) == 1
+    seeds = {refit_seed(3, a) for a in range(4)}
+    assert refit_seed(3, 0) == 3 and len(seeds) == 4 and refit_seed(3, 2) == refit_seed(3, 2)
+
+
+def test_unlabelled_positions_avoid_labels_and_repeats():
+    labels = Labels(np.array([0, 1, 2], np.int64), np.array([0, 0, 1], np.int64), np.array(["a", "b", "a"]))
+    rows, cols = unlabelled_positions((3, 4), labels, 100, np.random.default_rng(0))
+    assert len(rows) == 12 - 3
+    flat = rows * 4 + cols
+    assert len(set(flat.tolist())) == len(flat) and not {0, 1, 6} & set(flat.tolist())
+    assert (rows < 3).all() and (cols < 4).all() and (np.diff(flat) > 0).all()
+    rows, _ = unlabelled_positions((3, 4), labels, 5, np.random.default_rng(0))
+    assert len(rows) == 5
+
+
+def test_self_training_adds_confident_pseudo_labels(small_scan):
+    scan, truth = small_scan
+    labels, _ = label_loop(truth, 24, seed=1)
+    model = train(scan, labels, TrainingOptions(seed=0, epochs=150, pseudo_labels=200, pseudo_threshold=0.8))
+    m = model.metrics
+    assert m["n_train"] == len(labels) and m["pseudo_drawn"] == 200 and 0 < m["pseudo_labels"] <= 200
+    assert sum(m["pseudo_counts"].values()) == m["pseudo_labels"] and "first_stage" in m
+    result = predict(scan, model)
+    polar = truth != "none"
+    assert (result.label_names()[polar] == truth[polar]).mean() > 0.85

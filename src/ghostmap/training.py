@@ -92,6 +92,16 @@ class TrainingOptions:
     # compact network: an ensemble of this many, calibrated on held-out folds; 1 (the default) = one network.
     # Not the default: 4 members cost 2x (64 px input) to 6x (128 px) the training time (BENCHMARKS.md)
     members: int = 1
+    # one network: "final" weights of the fixed schedule on all labels (compact's default) or the "best"
+    # checkpoint on a held-out split (the paper's; plateau schedule); None: by architecture
+    checkpoint: str | None = None
+    refits: int = 2  # "final": trainings again from a fresh start when a network does not fit its labels
+    min_fit: float = 0.9  # "final": the share of its own labels a network must get right
+    shift: float = 0.0  # augmentation: random sub-pixel shifts up to this many input pixels (descan drift)
+    gamma: float = 0.0  # augmentation: random intensity exponent within 1 +- gamma (thickness)
+    pseudo_labels: int = 0  # "final": unlabelled positions drawn for a second, self-training stage (0: none)
+    pseudo_threshold: float = 0.9  # the first network's probability a pseudo-label needs
+    pseudo_weight: float = 1.0  # loss weight of a pseudo-label (a label's is 1)
 
 
 def stratified_split(y: np.ndarray, val_fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -134,6 +144,55 @@ def augment_batch(x: torch.Tensor, y: torch.Tensor, swap: torch.Tensor | None, g
         x = torch.where(tr.view(-1, 1, 1, 1), x.transpose(2, 3), x)
         y = torch.where(tr, swap[y], y)
     return x, y
+
+
+def nuisance_batch(x: torch.Tensor, shift: float, gamma: float, gen: torch.Generator) -> torch.Tensor:
+    """Patterns as a drifting beam and a changing thickness would make them: what no label should explain.
+
+    Each pattern is moved by a random sub-pixel shift of up to ``shift`` input pixels in each
+    direction (descan drift; bilinear, edges repeated) and its intensities are raised to a
+    random power within ``1 +- gamma`` (thickness moves counts between the central disk and
+    the scattering), then standardised again. Neither changes the ghost-disk geometry that
+    tells the classes apart.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        Network inputs (n, 1, h, w), standardised per pattern.
+    shift : float
+        Largest shift, input pixels (0: none).
+    gamma : float
+        Largest change of the intensity exponent (0: none).
+    gen : torch.Generator
+        The random source.
+
+    Returns
+    -------
+    torch.Tensor
+        The altered inputs, same shape.
+
+    Example
+    -------
+    >>> x = torch.randn(4, 1, 16, 16)
+    >>> nuisance_batch(x, 0.5, 0.1, torch.Generator().manual_seed(0)).shape
+    torch.Size([4, 1, 16, 16])
+    """
+    n, _, h, w = x.shape
+    if gamma:
+        low = x.amin(dim=(1, 2, 3), keepdim=True)
+        power = 1 + gamma * (2 * torch.rand(n, 1, 1, 1, generator=gen) - 1)
+        x = (x - low).clamp_min(0).pow(power)
+        flat = x.reshape(n, -1)
+        x = (x - flat.mean(1).view(n, 1, 1, 1)) / flat.std(1).clamp_min(1e-6).view(n, 1, 1, 1)
+    if shift:
+        move = shift * (2 * torch.rand(n, 2, generator=gen) - 1)  # (dy, dx) in input pixels
+        theta = torch.zeros(n, 2, 3, dtype=x.dtype)
+        theta[:, 0, 0] = theta[:, 1, 1] = 1
+        theta[:, 0, 2] = 2 * move[:, 1] / w  # grid coordinates span 2 over the width
+        theta[:, 1, 2] = 2 * move[:, 0] / h
+        grid = F.affine_grid(theta.to(x.device), list(x.shape), align_corners=False)
+        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return x
 
 
 def one_cycle(total_steps: int, floor: float, warmup: float = 0.1) -> Callable[[int], float]:
@@ -246,6 +305,9 @@ def train(
         network, metrics = fit_ensemble(inputs, targets, classes, members, options, progress)
     else:
         network, metrics = fit_single(inputs, targets, classes, options, progress)
+        if options.pseudo_labels and (options.checkpoint or "final") == "final" and options.arch == "compact":
+            network, metrics = self_train(scan, labels, prep, network, inputs, targets, classes, options, progress,
+                                          metrics)
     network.eval().cpu()
     metrics.update(label_fit_metrics(network, inputs, targets, classes))
     metrics.update(n_labels=int(len(labels)), seconds=round(time.perf_counter() - start, 2), seed=options.seed,
@@ -253,6 +315,47 @@ def train(
     if metrics["collapsed"]:
         logger.info("the model predicts '%s' for every labelled pattern", metrics["predicted_classes"][0])
     return Model(network, classes, options.arch, prep, tuple(scan.detector_shape), metrics)
+
+
+def unlabelled_positions(scan_shape: tuple[int, int], labels: Labels, n: int,
+                         rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Up to ``n`` positions (rows, cols) drawn at random from the scan's unlabelled positions, in reading order."""
+    rows, cols = scan_shape
+    free = np.ones(rows * cols, bool)
+    free[np.asarray(labels.y, int) * cols + np.asarray(labels.x, int)] = False
+    chosen = np.sort(rng.choice(np.flatnonzero(free), size=min(int(n), int(free.sum())), replace=False))
+    return np.divmod(chosen, cols)
+
+
+def self_train(scan, labels: Labels, prep, network, inputs, targets, classes, options: TrainingOptions, progress,
+               metrics: dict) -> tuple[torch.nn.Module, dict]:
+    """Train again on the labels plus the first network's confident predictions on unlabelled patterns.
+
+    ``options.pseudo_labels`` unlabelled positions are drawn at random; those the first network
+    classifies with probability >= ``options.pseudo_threshold`` join the labels (weight
+    ``options.pseudo_weight`` each) and a fresh network is trained on all of them. The
+    unlabelled patterns show the network the scan's nuisances (dose, thickness, drift) that a
+    few dozen labels cannot.
+    """
+    rng = np.random.default_rng(refit_seed(options.seed, 1000))
+    rows, cols = unlabelled_positions(scan.scan_shape, labels, options.pseudo_labels, rng)
+    x_u = preprocess_positions(scan, rows, cols, prep).unsqueeze(1)
+    network.eval()
+    device = next(network.parameters()).device
+    with torch.inference_mode():
+        p_u = torch.cat([F.softmax(network(x_u[b : b + 256].to(device)), 1).cpu() for b in range(0, len(x_u), 256)])
+    confidence, guess = p_u.max(1)
+    keep = confidence >= options.pseudo_threshold
+    x_all = torch.cat([inputs, x_u[keep]])
+    y_all = torch.cat([targets, guess[keep]])
+    w_all = torch.cat([torch.ones(len(targets)), torch.full((int(keep.sum()),), float(options.pseudo_weight))])
+    second = TrainingOptions(**{**options.__dict__, "seed": refit_seed(options.seed, 2000), "epochs": options.epochs})
+    network2, metrics2 = fit_single(x_all, y_all, classes, second, progress, weights=w_all)
+    metrics2.update(n_train=int(len(targets)), first_stage={k: metrics[k] for k in ("refits", "fit_per_attempt",
+                                                                                     "val_accuracy", "val_loss")},
+                    pseudo_labels=int(keep.sum()), pseudo_drawn=int(len(x_u)),
+                    pseudo_counts={c: int((guess[keep] == i).sum()) for i, c in enumerate(classes)})
+    return network2, metrics2
 
 
 def checked_labels(scan, labels) -> Labels:
@@ -320,6 +423,8 @@ def run_epoch(network, inputs, targets, order, options: TrainingOptions, optimis
         xb, yb = inputs[idx], targets[idx]
         if options.augment:
             xb, yb = augment_batch(xb, yb, swap, gen)
+            if options.shift or options.gamma:
+                xb = nuisance_batch(xb, options.shift, options.gamma, gen)
         xb, yb = xb.to(device), yb.to(device)
         loss, predicted = loss_of(network, xb, yb, idx)
         optimiser.zero_grad(set_to_none=True)
@@ -338,7 +443,84 @@ def _plain_loss(network, xb, yb, idx):
     return F.cross_entropy(logits, yb), logits.argmax(1)
 
 
-def fit_single(inputs, targets, classes, options: TrainingOptions, progress=None) -> tuple[torch.nn.Module, dict]:
+def _weighted_loss(weights: torch.Tensor):
+    def loss_of(network, xb, yb, idx):
+        logits = network(xb)
+        w = weights[torch.as_tensor(idx)].to(xb.device)
+        each = F.cross_entropy(logits, yb, reduction="none")
+        return (each * w).sum() / w.sum().clamp(min=1e-12), logits.argmax(1)
+
+    return loss_of
+
+
+def fit_single(inputs, targets, classes, options: TrainingOptions, progress=None,
+               weights: torch.Tensor | None = None) -> tuple[torch.nn.Module, dict]:
+    """One network: the final weights of a fixed schedule on every label, or (the paper's way) a checkpoint.
+
+    ``checkpoint="final"`` (the compact network's default) trains on all labels with the
+    warm-up + cosine schedule and keeps the last weights; a network that does not fit its own
+    labels (train accuracy below ``min_fit``, or one class for everything) is trained again
+    from a fresh initialisation derived from the seed, up to ``refits`` times, and the best
+    fitting one is kept; ``weights`` (one per input, final weights only) weigh the loss. ``checkpoint="best"`` holds out a stratified ``val_fraction`` and keeps
+    the checkpoint with the lowest loss on it, as in the paper.
+    """
+    checkpoint = options.checkpoint or ("best" if options.arch == "paper" else "final")
+    if checkpoint == "best":
+        return _fit_best_checkpoint(inputs, targets, classes, options, progress)
+    if checkpoint != "final":
+        raise GhostmapError(f"unknown checkpoint '{checkpoint}'; choose best or final")
+    if options.schedule not in (None, "cosine"):
+        raise GhostmapError("the final-weights recipe needs the cosine schedule; use checkpoint 'best' for plateau")
+    if options.refits < 0:
+        raise GhostmapError(f"refits must be at least 0, got {options.refits}")
+    device = pick_device(options.device)
+    everything = np.arange(len(targets))
+    epochs = options.epochs or default_epochs(len(everything), options.batch_size)
+    swap = swap_pairs(classes) if options.augment else None
+    best, fits = None, []
+    for attempt in range(options.refits + 1):
+        seed = refit_seed(options.seed, attempt)
+        torch.manual_seed(seed)
+        gen = torch.Generator().manual_seed(seed)
+        network = build_network(options.arch, len(classes), tuple(inputs.shape[2:])).to(device)
+        optimiser, scheduler = make_optimiser(network, options, len(everything), epochs, "cosine")
+        loss_of = _plain_loss if weights is None else _weighted_loss(weights)
+        history = []
+        for epoch in range(1, epochs + 1):
+            order = everything[torch.randperm(len(everything), generator=gen).numpy()]
+            stats = run_epoch(network, inputs, targets, order, options, optimiser, scheduler, True, swap, gen,
+                              loss_of, device)
+            stats = {"epoch": epoch, **stats, "val_loss": math.nan, "val_accuracy": math.nan}
+            history.append(stats)
+            if progress:
+                progress(epoch, epochs, stats)
+        network.eval()
+        with torch.inference_mode():
+            logits = torch.cat([network(inputs[b : b + 256].to(device)).cpu() for b in range(0, len(targets), 256)])
+        fit = float((logits.argmax(1) == targets).float().mean())
+        fit_loss = float(F.cross_entropy(logits, targets))
+        fits.append(round(fit, 4))
+        if best is None or (fit, -fit_loss) > (best[1], -best[2]):
+            best = (network, fit, fit_loss, history)
+        if fit >= options.min_fit and len(torch.unique(logits.argmax(1))) > 1:
+            break
+        logger.warning("the network fits only %.0f%% of its own labels (attempt %d of %d)%s", 100 * fit, attempt + 1,
+                       options.refits + 1, "; training it again from a fresh start" if attempt < options.refits else "")
+    network, fit, fit_loss, history = best
+    metrics = {"members": 1, "n_train": int(len(everything)), "n_validation": 0, "epochs": epochs,
+               "best_epoch": epochs, "checkpoint": "final", "val_loss": fit_loss, "val_accuracy": fit,
+               "validation": "none: every label trained on; val_loss and val_accuracy are on the training labels",
+               "refits": len(fits) - 1, "fit_per_attempt": fits, "history": _rounded(history)}
+    return network, metrics
+
+
+def refit_seed(seed: int, attempt: int) -> int:
+    """The seed of the ``attempt``-th training (0: ``seed`` itself), so refits stay reproducible."""
+    return int(seed) if attempt == 0 else int(np.random.SeedSequence([int(seed), attempt]).generate_state(1)[0])
+
+
+def _fit_best_checkpoint(inputs, targets, classes, options: TrainingOptions,
+                         progress=None) -> tuple[torch.nn.Module, dict]:
     """One network on a stratified split, keeping the checkpoint with the lowest validation loss."""
     device = pick_device(options.device)
     rng = np.random.default_rng(options.seed)
@@ -376,7 +558,7 @@ def fit_single(inputs, targets, classes, options: TrainingOptions, progress=None
     network.load_state_dict(best_state)
     metrics = {"members": 1, "n_train": int(len(train_idx)), "n_validation": int(len(val_idx)) if held_out else 0,
                "epochs": epochs, "best_epoch": best["epoch"], "val_loss": best["val_loss"],
-               "val_accuracy": best["val_accuracy"], "history": _rounded(history)}
+               "val_accuracy": best["val_accuracy"], "checkpoint": "best", "history": _rounded(history)}
     return network, metrics
 
 
