@@ -28,7 +28,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 import table1
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,8 +9,16 @@ from ghostmap.prediction import predict
 from ghostmap.preprocessing import fit_preprocessing
 from ghostmap.reading import as_scan
 from ghostmap.simulate import simulate_scan
-from ghostmap.training import (TrainingOptions, augment_batch, refit_seed, stratified_split, swap_pairs, train,
-                               unlabelled_positions)
+from ghostmap.training import (
+    TrainingOptions,
+    augment_batch,
+    nuisance_batch,
+    nuisance_of,
+    refit_seed,
+    stratified_split,
+    swap_pairs,
+    train,
+)
 
 
 @pytest.fixture(scope="module")
@@ -137,11 +145,12 @@ def test_ensemble_round_trips_and_one_network_still_trains(small_scan, tmp_path)
 def test_default_trains_every_label_and_keeps_the_final_weights(small_scan):
     scan, truth = small_scan
     labels, _ = label_loop(truth, 24, seed=1)
-    model = train(scan, labels, TrainingOptions(seed=0, epochs=150))
+    model = train(scan, labels, TrainingOptions(seed=0, epochs=300))
     m = model.metrics
     assert m["checkpoint"] == "final" and m["n_validation"] == 0 and m["n_train"] == len(labels)
-    assert m["best_epoch"] == m["epochs"] == 150 and len(m["history"]) == 150
-    assert m["train_accuracy_all_labels"] >= 0.9 and m["refits"] == 0 and m["fit_per_attempt"][0] >= 0.9
+    assert m["best_epoch"] == m["epochs"] == 300 and len(m["history"]) == 300
+    assert m["refits"] == 0 and m["fit_per_attempt"] == [round(m["val_accuracy"], 4)]
+    assert m["train_accuracy_all_labels"] == pytest.approx(m["val_accuracy"]) and m["val_accuracy"] >= 0.75
     paper = train(scan, labels, TrainingOptions(seed=0, epochs=2, arch="paper"))
     assert paper.metrics["checkpoint"] == "best" and paper.metrics["n_validation"] > 0
     with pytest.raises(GhostmapError, match="checkpoint"):
@@ -164,24 +173,25 @@ def test_a_network_that_does_not_fit_its_labels_is_trained_again():
     assert refit_seed(3, 0) == 3 and len(seeds) == 4 and refit_seed(3, 2) == refit_seed(3, 2)
 
 
-def test_unlabelled_positions_avoid_labels_and_repeats():
-    labels = Labels(np.array([0, 1, 2], np.int64), np.array([0, 0, 1], np.int64), np.array(["a", "b", "a"]))
-    rows, cols = unlabelled_positions((3, 4), labels, 100, np.random.default_rng(0))
-    assert len(rows) == 12 - 3
-    flat = rows * 4 + cols
-    assert len(set(flat.tolist())) == len(flat) and not {0, 1, 6} & set(flat.tolist())
-    assert (rows < 3).all() and (cols < 4).all() and (np.diff(flat) > 0).all()
-    rows, _ = unlabelled_positions((3, 4), labels, 5, np.random.default_rng(0))
-    assert len(rows) == 5
-
-
-def test_self_training_adds_confident_pseudo_labels(small_scan):
-    scan, truth = small_scan
-    labels, _ = label_loop(truth, 24, seed=1)
-    model = train(scan, labels, TrainingOptions(seed=0, epochs=150, pseudo_labels=200, pseudo_threshold=0.8))
-    m = model.metrics
-    assert m["n_train"] == len(labels) and m["pseudo_drawn"] == 200 and 0 < m["pseudo_labels"] <= 200
-    assert sum(m["pseudo_counts"].values()) == m["pseudo_labels"] and "first_stage" in m
-    result = predict(scan, model)
-    polar = truth != "none"
-    assert (result.label_names()[polar] == truth[polar]).mean() > 0.85
+def test_nuisance_augmentation_shifts_by_subpixels_and_keeps_patterns_standardised():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.zeros(8, 1, 16, 16)
+    x[:, 0, 8, 8] = 1.0
+    assert torch.equal(nuisance_batch(x, 0.0, 0.0, gen), x)
+    moved = nuisance_batch(x, 0.5, 0.0, gen)
+    assert torch.allclose(moved.sum((1, 2, 3)), torch.ones(8))  # bilinear: the marker's mass is kept
+    rows = (moved[:, 0].sum(2) * torch.arange(16.0)).sum(1)
+    cols = (moved[:, 0].sum(1) * torch.arange(16.0)).sum(1)
+    assert (rows - 8).abs().max() <= 0.5 + 1e-6 and (cols - 8).abs().max() <= 0.5 + 1e-6
+    assert (rows - 8).abs().max() > 0.05  # it did move
+    z = torch.randn(8, 1, 16, 16)
+    z = (z - z.mean((1, 2, 3), keepdim=True)) / z.std((1, 2, 3), keepdim=True)
+    g = nuisance_batch(z, 0.0, 0.2, gen)
+    assert torch.allclose(g.mean((1, 2, 3)), torch.zeros(8), atol=1e-5)
+    assert torch.allclose(g.std((1, 2, 3)), torch.ones(8), atol=1e-4)
+    assert not torch.allclose(g, z, atol=1e-3)
+    # the brightest pixel of each pattern stays the brightest: a power keeps the order of intensities
+    assert torch.equal(g.flatten(1).argmax(1), z.flatten(1).argmax(1))
+    assert nuisance_of(TrainingOptions()) == (1.0, 0.2)
+    assert nuisance_of(TrainingOptions(arch="paper")) == (0.0, 0.0)
+    assert nuisance_of(TrainingOptions(shift=0.0, gamma=0.1)) == (0.0, 0.1)
