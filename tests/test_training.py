@@ -194,4 +194,4 @@ def test_nuisance_augmentation_shifts_by_subpixels_and_keeps_patterns_standardis
     assert torch.equal(g.flatten(1).argmax(1), z.flatten(1).argmax(1))
     assert nuisance_of(TrainingOptions()) == (1.0, 0.2)
     assert nuisance_of(TrainingOptions(arch="paper")) == (0.0, 0.0)
-    assert nuisance_of(TrainingOptions(shift=0.0, gamma=0.1)) == (0.0, 0.1)
+    assert nuisance_of(TrainingOptions(shift=0.0, power=0.1)) == (0.0, 0.1)

@@ -66,7 +66,7 @@ class TrainingOptions:
         Share of the labels held out to choose the checkpoint (``checkpoint="best"`` only).
     augment : bool
         Random detector flips, and transposes that swap horizontal and vertical; with it,
-        ``shift`` and ``gamma``.
+        ``shift`` and ``power``.
     seed : int
         Seed of the split, the initial weights and the augmentation.
     device : str, optional
@@ -86,11 +86,11 @@ class TrainingOptions:
     shift : float, optional
         Augmentation: random sub-pixel shifts of up to this many network-input pixels;
         None: 1.0 for the compact network, 0 for the paper's.
-    gamma : float, optional
-        Augmentation: random intensity exponents within 1 +- gamma; None: 0.2 for the
+    power : float, optional
+        Augmentation: random intensity exponents within 1 +- power; None: 0.2 for the
         compact network, 0 for the paper's.
     clean_tail : float
-        ``"final"``: share of the last epochs trained without ``shift`` and ``gamma``.
+        ``"final"``: share of the last epochs trained without ``shift`` and ``power``.
 
     Examples
     --------
@@ -121,10 +121,10 @@ class TrainingOptions:
     refits: int = 2  # "final": trainings again from a fresh start when a network does not fit its labels
     min_fit: float = 0.75  # "final": the share of its own labels a network must get right
     # augmentation: random sub-pixel shifts up to this many input pixels (descan drift) and intensity
-    # exponents within 1 +- gamma (thickness); None: 1.0 and 0.2 for compact, none for paper
+    # exponents within 1 +- power (thickness); None: 1.0 and 0.2 for compact, none for paper
     shift: float | None = None
-    gamma: float | None = None
-    clean_tail: float = 0.15  # "final": share of the last epochs trained without shift and gamma
+    power: float | None = None
+    clean_tail: float = 0.15  # "final": share of the last epochs trained without shift and power
 
 
 def stratified_split(y: np.ndarray, val_fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -169,12 +169,12 @@ def augment_batch(x: torch.Tensor, y: torch.Tensor, swap: torch.Tensor | None, g
     return x, y
 
 
-def nuisance_batch(x: torch.Tensor, shift: float, gamma: float, gen: torch.Generator) -> torch.Tensor:
+def nuisance_batch(x: torch.Tensor, shift: float, power: float, gen: torch.Generator) -> torch.Tensor:
     """Patterns as a drifting beam and a changing thickness would make them: what no label should explain.
 
     Each pattern is moved by a random sub-pixel shift of up to ``shift`` input pixels in each
     direction (descan drift; bilinear, edges repeated) and its intensities are raised to a
-    random power within ``1 +- gamma`` (thickness moves counts between the central disk and
+    random power within ``1 +- power`` (thickness moves counts between the central disk and
     the scattering), then standardised again. Neither changes the ghost-disk geometry that
     tells the classes apart.
 
@@ -184,7 +184,7 @@ def nuisance_batch(x: torch.Tensor, shift: float, gamma: float, gen: torch.Gener
         Network inputs (n, 1, h, w), standardised per pattern.
     shift : float
         Largest shift, input pixels (0: none).
-    gamma : float
+    power : float
         Largest change of the intensity exponent (0: none).
     gen : torch.Generator
         The random source.
@@ -201,10 +201,10 @@ def nuisance_batch(x: torch.Tensor, shift: float, gamma: float, gen: torch.Gener
     torch.Size([4, 1, 16, 16])
     """
     n, _, h, w = x.shape
-    if gamma:
+    if power:
         low = x.amin(dim=(1, 2, 3), keepdim=True)
-        power = 1 + gamma * (2 * torch.rand(n, 1, 1, 1, generator=gen) - 1)
-        x = (x - low).clamp_min(0).pow(power)
+        exponent = 1 + power * (2 * torch.rand(n, 1, 1, 1, generator=gen) - 1)
+        x = (x - low).clamp_min(0).pow(exponent)
         flat = x.reshape(n, -1)
         x = (x - flat.mean(1).view(n, 1, 1, 1)) / flat.std(1).clamp_min(1e-6).view(n, 1, 1, 1)
     if shift:
@@ -219,12 +219,12 @@ def nuisance_batch(x: torch.Tensor, shift: float, gamma: float, gen: torch.Gener
 
 
 def nuisance_of(options: TrainingOptions) -> tuple[float, float]:
-    """(shift, gamma) of the drift and thickness augmentation: the options', else 1.0 and 0.2 for the
+    """(shift, power) of the drift and thickness augmentation: the options', else 1.0 and 0.2 for the
     compact network and none for the paper's (which keeps the paper's recipe)."""
     compact = options.arch == "compact"
     shift = options.shift if options.shift is not None else (1.0 if compact else 0.0)
-    gamma = options.gamma if options.gamma is not None else (0.2 if compact else 0.0)
-    return float(shift), float(gamma)
+    power = options.power if options.power is not None else (0.2 if compact else 0.0)
+    return float(shift), float(power)
 
 
 def one_cycle(total_steps: int, floor: float, warmup: float = 0.1) -> Callable[[int], float]:
@@ -411,9 +411,9 @@ def run_epoch(network, inputs, targets, order, options: TrainingOptions, optimis
         xb, yb = inputs[idx], targets[idx]
         if options.augment:
             xb, yb = augment_batch(xb, yb, swap, gen)
-            shift, gamma = nuisance_of(options)
-            if nuisance and (shift or gamma):
-                xb = nuisance_batch(xb, shift, gamma, gen)
+            shift, power = nuisance_of(options)
+            if nuisance and (shift or power):
+                xb = nuisance_batch(xb, shift, power, gen)
         xb, yb = xb.to(device), yb.to(device)
         loss, predicted = loss_of(network, xb, yb, idx)
         optimiser.zero_grad(set_to_none=True)
