@@ -84,8 +84,8 @@ class TrainingOptions:
     min_fit : float
         ``"final"``: the share of its own labels a network must fit.
     shift : float, optional
-        Augmentation: random sub-pixel shifts of up to this many network-input pixels;
-        None: 1.0 for the compact network, 0 for the paper's.
+        Augmentation: random sub-pixel shifts of up to this many pixels of a 128-px network
+        input (scaled with the input's size); None: 1.0 for the compact network, 0 for the paper's.
     power : float, optional
         Augmentation: random intensity exponents within 1 +- power; None: 0.2 for the
         compact network, 0 for the paper's.
@@ -172,11 +172,13 @@ def augment_batch(x: torch.Tensor, y: torch.Tensor, swap: torch.Tensor | None, g
 def nuisance_batch(x: torch.Tensor, shift: float, power: float, gen: torch.Generator) -> torch.Tensor:
     """Patterns as a drifting beam and a changing thickness would make them: what no label should explain.
 
-    Each pattern is moved by a random sub-pixel shift of up to ``shift`` input pixels in each
-    direction (descan drift; bilinear, edges repeated) and its intensities are raised to a
-    random power within ``1 +- power`` (thickness moves counts between the central disk and
-    the scattering), then standardised again. Neither changes the ghost-disk geometry that
-    tells the classes apart.
+    Each pattern's intensities are raised to a random power within ``1 +- power`` (thickness
+    moves counts between the central disk and the scattering) and standardised again, then the
+    pattern is moved by a random sub-pixel shift of up to ``shift`` input pixels in each
+    direction (descan drift). The shift is a phase ramp in Fourier space, which keeps the noise's
+    spectrum: a bilinear shift would smooth the noise of every training pattern and of no
+    scanned one, and on a 32-px low-dose scan that cost 25 points of accuracy. Neither changes
+    the ghost-disk geometry that tells the classes apart.
 
     Parameters
     ----------
@@ -208,13 +210,11 @@ def nuisance_batch(x: torch.Tensor, shift: float, power: float, gen: torch.Gener
         flat = x.reshape(n, -1)
         x = (x - flat.mean(1).view(n, 1, 1, 1)) / flat.std(1).clamp_min(1e-6).view(n, 1, 1, 1)
     if shift:
-        move = shift * (2 * torch.rand(n, 2, generator=gen) - 1)  # (dy, dx) in input pixels
-        theta = torch.zeros(n, 2, 3, dtype=x.dtype)
-        theta[:, 0, 0] = theta[:, 1, 1] = 1
-        theta[:, 0, 2] = 2 * move[:, 1] / w  # grid coordinates span 2 over the width
-        theta[:, 1, 2] = 2 * move[:, 0] / h
-        grid = F.affine_grid(theta.to(x.device), list(x.shape), align_corners=False)
-        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        move = (shift * (2 * torch.rand(n, 2, generator=gen) - 1)).to(x.device)  # (dy, dx) in input pixels
+        ky = torch.fft.fftfreq(h, device=x.device).view(1, 1, h, 1)
+        kx = torch.fft.rfftfreq(w, device=x.device).view(1, 1, 1, -1)
+        ramp = torch.exp(-2j * math.pi * (ky * move[:, 0].view(n, 1, 1, 1) + kx * move[:, 1].view(n, 1, 1, 1)))
+        x = torch.fft.irfft2(torch.fft.rfft2(x) * ramp, s=(h, w)).to(x.dtype)
     return x
 
 
@@ -413,7 +413,9 @@ def run_epoch(network, inputs, targets, order, options: TrainingOptions, optimis
             xb, yb = augment_batch(xb, yb, swap, gen)
             shift, power = nuisance_of(options)
             if nuisance and (shift or power):
-                xb = nuisance_batch(xb, shift, power, gen)
+                # the shift is given for a 128-px input (one 512-px detector's drift binned by 4): a smaller
+                # input (a smaller detector or a crop) sees the same drift as fewer pixels
+                xb = nuisance_batch(xb, shift * max(xb.shape[-2:]) / 128, power, gen)
         xb, yb = xb.to(device), yb.to(device)
         loss, predicted = loss_of(network, xb, yb, idx)
         optimiser.zero_grad(set_to_none=True)
