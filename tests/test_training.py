@@ -12,6 +12,7 @@ from ghostmap.simulate import simulate_scan
 from ghostmap.training import (
     TrainingOptions,
     augment_batch,
+    input_shift,
     nuisance_batch,
     nuisance_of,
     refit_seed,
@@ -179,15 +180,11 @@ def test_nuisance_augmentation_shifts_by_subpixels_and_keeps_patterns_standardis
     x[:, 0, 8, 8] = 1.0
     assert torch.equal(nuisance_batch(x, 0.0, 0.0, gen), x)
     moved = nuisance_batch(x, 0.5, 0.0, gen)
-    assert torch.allclose(moved.sum((1, 2, 3)), torch.ones(8), atol=1e-5)  # the marker's mass is kept
+    assert torch.allclose(moved.sum((1, 2, 3)), torch.ones(8))  # bilinear: the marker's mass is kept
     rows = (moved[:, 0].sum(2) * torch.arange(16.0)).sum(1)
     cols = (moved[:, 0].sum(1) * torch.arange(16.0)).sum(1)
-    assert (rows - 8).abs().max() <= 0.55 and (cols - 8).abs().max() <= 0.55
+    assert (rows - 8).abs().max() <= 0.5 + 1e-6 and (cols - 8).abs().max() <= 0.5 + 1e-6
     assert (rows - 8).abs().max() > 0.05  # it did move
-    # and its energy: a bilinear shift by half a pixel would spread it and keep a quarter; so noise keeps its level
-    assert ((moved ** 2).sum((1, 2, 3)) > 0.9).all()
-    noise = torch.randn(8, 1, 64, 64)
-    assert (nuisance_batch(noise, 1.0, 0.0, gen).std((1, 2, 3)) / noise.std((1, 2, 3)) > 0.95).all()
     z = torch.randn(8, 1, 16, 16)
     z = (z - z.mean((1, 2, 3), keepdim=True)) / z.std((1, 2, 3), keepdim=True)
     g = nuisance_batch(z, 0.0, 0.2, gen)
@@ -199,3 +196,6 @@ def test_nuisance_augmentation_shifts_by_subpixels_and_keeps_patterns_standardis
     assert nuisance_of(TrainingOptions()) == (1.0, 0.2)
     assert nuisance_of(TrainingOptions(arch="paper")) == (0.0, 0.0)
     assert nuisance_of(TrainingOptions(shift=0.0, power=0.1)) == (0.0, 0.1)
+    # the shift is given for a 128-px input, scales with the input, and is off below 64 px (where smoothing hurt)
+    assert input_shift(1.0, (128, 128)) == 1.0 and input_shift(1.0, (256, 128)) == 2.0
+    assert input_shift(1.0, (64, 16)) == 0.5 and input_shift(1.0, (32, 32)) == 0.0

@@ -172,13 +172,11 @@ def augment_batch(x: torch.Tensor, y: torch.Tensor, swap: torch.Tensor | None, g
 def nuisance_batch(x: torch.Tensor, shift: float, power: float, gen: torch.Generator) -> torch.Tensor:
     """Patterns as a drifting beam and a changing thickness would make them: what no label should explain.
 
-    Each pattern's intensities are raised to a random power within ``1 +- power`` (thickness
-    moves counts between the central disk and the scattering) and standardised again, then the
-    pattern is moved by a random sub-pixel shift of up to ``shift`` input pixels in each
-    direction (descan drift). The shift is a phase ramp in Fourier space, which keeps the noise's
-    spectrum: a bilinear shift would smooth the noise of every training pattern and of no
-    scanned one, and on a 32-px low-dose scan that cost 25 points of accuracy. Neither changes
-    the ghost-disk geometry that tells the classes apart.
+    Each pattern is moved by a random sub-pixel shift of up to ``shift`` input pixels in each
+    direction (descan drift; bilinear, edges repeated) and its intensities are raised to a
+    random power within ``1 +- power`` (thickness moves counts between the central disk and
+    the scattering), then standardised again. Neither changes the ghost-disk geometry that
+    tells the classes apart.
 
     Parameters
     ----------
@@ -210,12 +208,31 @@ def nuisance_batch(x: torch.Tensor, shift: float, power: float, gen: torch.Gener
         flat = x.reshape(n, -1)
         x = (x - flat.mean(1).view(n, 1, 1, 1)) / flat.std(1).clamp_min(1e-6).view(n, 1, 1, 1)
     if shift:
-        move = (shift * (2 * torch.rand(n, 2, generator=gen) - 1)).to(x.device)  # (dy, dx) in input pixels
-        ky = torch.fft.fftfreq(h, device=x.device).view(1, 1, h, 1)
-        kx = torch.fft.rfftfreq(w, device=x.device).view(1, 1, 1, -1)
-        ramp = torch.exp(-2j * math.pi * (ky * move[:, 0].view(n, 1, 1, 1) + kx * move[:, 1].view(n, 1, 1, 1)))
-        x = torch.fft.irfft2(torch.fft.rfft2(x) * ramp, s=(h, w)).to(x.dtype)
+        move = shift * (2 * torch.rand(n, 2, generator=gen) - 1)  # (dy, dx) in input pixels
+        theta = torch.zeros(n, 2, 3, dtype=x.dtype)
+        theta[:, 0, 0] = theta[:, 1, 1] = 1
+        theta[:, 0, 2] = 2 * move[:, 1] / w  # grid coordinates span 2 over the width
+        theta[:, 1, 2] = 2 * move[:, 0] / h
+        grid = F.affine_grid(theta.to(x.device), list(x.shape), align_corners=False)
+        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
     return x
+
+
+def input_shift(shift: float, input_shape) -> float:
+    """The drift augmentation's largest shift in pixels of this input: ``shift`` is given for a 128-px
+    input (a 512-px detector binned by 4) and scales with the input's size; none below 64 px.
+
+    The bilinear shift smooths the noise of every training pattern. At 128 px that helped
+    (25 labels, 5 seeds: 97.7-98.8% on the test positions against 92.1-98.1% with a Fourier
+    shift that keeps the noise); on a 32-px, low-dose scan it cost 25 points (60% against 85%).
+
+    Example
+    -------
+    >>> input_shift(1.0, (128, 128)), input_shift(1.0, (64, 32)), input_shift(1.0, (32, 32))
+    (1.0, 0.5, 0.0)
+    """
+    side = max(int(n) for n in input_shape)
+    return 0.0 if side < 64 else float(shift) * side / 128
 
 
 def nuisance_of(options: TrainingOptions) -> tuple[float, float]:
@@ -413,9 +430,7 @@ def run_epoch(network, inputs, targets, order, options: TrainingOptions, optimis
             xb, yb = augment_batch(xb, yb, swap, gen)
             shift, power = nuisance_of(options)
             if nuisance and (shift or power):
-                # the shift is given for a 128-px input (one 512-px detector's drift binned by 4): a smaller
-                # input (a smaller detector or a crop) sees the same drift as fewer pixels
-                xb = nuisance_batch(xb, shift * max(xb.shape[-2:]) / 128, power, gen)
+                xb = nuisance_batch(xb, input_shift(shift, xb.shape[-2:]), power, gen)
         xb, yb = xb.to(device), yb.to(device)
         loss, predicted = loss_of(network, xb, yb, idx)
         optimiser.zero_grad(set_to_none=True)
