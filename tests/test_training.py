@@ -196,6 +196,6 @@ def test_nuisance_augmentation_shifts_by_subpixels_and_keeps_patterns_standardis
     assert nuisance_of(TrainingOptions()) == (1.0, 0.2)
     assert nuisance_of(TrainingOptions(arch="paper")) == (0.0, 0.0)
     assert nuisance_of(TrainingOptions(shift=0.0, power=0.1)) == (0.0, 0.1)
-    # the shift is given for a 128-px input, scales with the input, and is off below 64 px (where smoothing hurt)
+    # the shift is given for a 128-px input, scales with the input, and is off below 128 px (where smoothing hurt)
     assert input_shift(1.0, (128, 128)) == 1.0 and input_shift(1.0, (256, 128)) == 2.0
-    assert input_shift(1.0, (64, 16)) == 0.5 and input_shift(1.0, (32, 32)) == 0.0
+    assert input_shift(0.5, (128, 64)) == 0.5 and input_shift(1.0, (64, 64)) == 0.0 == input_shift(1.0, (32, 32))
