@@ -9,7 +9,17 @@ from ghostmap.prediction import predict
 from ghostmap.preprocessing import fit_preprocessing
 from ghostmap.reading import as_scan
 from ghostmap.simulate import simulate_scan
-from ghostmap.training import TrainingOptions, augment_batch, stratified_split, swap_pairs, train
+from ghostmap.training import (
+    TrainingOptions,
+    augment_batch,
+    input_shift,
+    nuisance_batch,
+    nuisance_of,
+    refit_seed,
+    stratified_split,
+    swap_pairs,
+    train,
+)
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +130,7 @@ def test_ensemble_round_trips_and_one_network_still_trains(small_scan, tmp_path)
     loaded = Model.load(tmp_path / "ensemble")
     assert np.allclose(predict(scan, loaded).probabilities, predict(scan, model).probabilities, atol=1e-6)
 
-    single = train(scan, labels, TrainingOptions(seed=0, epochs=3, members=1))
+    single = train(scan, labels, TrainingOptions(seed=0, epochs=3, members=1, checkpoint="best"))
     assert isinstance(single.network, CompactNet) and single.metrics["n_validation"] > 0
     single.save(tmp_path / "single")
     # a model folder from before ensembles (no "members" in its JSON) still loads and predicts
@@ -131,3 +141,61 @@ def test_ensemble_round_trips_and_one_network_still_trains(small_scan, tmp_path)
     assert np.allclose(predict(scan, old).probabilities, predict(scan, single).probabilities, atol=1e-6)
     with pytest.raises(GhostmapError, match="members"):
         train(scan, labels, TrainingOptions(members=0))
+
+
+def test_default_trains_every_label_and_keeps_the_final_weights(small_scan):
+    scan, truth = small_scan
+    labels, _ = label_loop(truth, 24, seed=1)
+    model = train(scan, labels, TrainingOptions(seed=0, epochs=300))
+    m = model.metrics
+    assert m["checkpoint"] == "final" and m["n_validation"] == 0 and m["n_train"] == len(labels)
+    assert m["best_epoch"] == m["epochs"] == 300 and len(m["history"]) == 300
+    assert m["refits"] == 0 and m["fit_per_attempt"] == [round(m["val_accuracy"], 4)]
+    assert m["train_accuracy_all_labels"] == pytest.approx(m["val_accuracy"]) and m["val_accuracy"] >= 0.75
+    paper = train(scan, labels, TrainingOptions(seed=0, epochs=2, arch="paper"))
+    assert paper.metrics["checkpoint"] == "best" and paper.metrics["n_validation"] > 0
+    with pytest.raises(GhostmapError, match="checkpoint"):
+        train(scan, labels, TrainingOptions(epochs=2, checkpoint="median"))
+    with pytest.raises(GhostmapError, match="cosine"):
+        train(scan, labels, TrainingOptions(epochs=2, schedule="plateau"))
+
+
+def test_a_network_that_does_not_fit_its_labels_is_trained_again():
+    # identical patterns under different labels: no network fits more than half of them
+    data = np.full((6, 6, 32, 32), 5, np.uint16)
+    labels = Labels(np.arange(6, dtype=np.int64), np.zeros(6, np.int64), np.array(["vertical", "horizontal"] * 3))
+    model = train(as_scan(data), labels, TrainingOptions(seed=0, epochs=2, refits=2))
+    m = model.metrics
+    assert m["refits"] == 2 and len(m["fit_per_attempt"]) == 3 and max(m["fit_per_attempt"]) < 0.9
+    assert m["val_accuracy"] == max(m["fit_per_attempt"])  # the best fitting attempt is kept
+    none = train(as_scan(data), labels, TrainingOptions(seed=0, epochs=2, refits=0))
+    assert none.metrics["refits"] == 0 and len(none.metrics["fit_per_attempt"]) == 1
+    seeds = {refit_seed(3, a) for a in range(4)}
+    assert refit_seed(3, 0) == 3 and len(seeds) == 4 and refit_seed(3, 2) == refit_seed(3, 2)
+
+
+def test_nuisance_augmentation_shifts_by_subpixels_and_keeps_patterns_standardised():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.zeros(8, 1, 16, 16)
+    x[:, 0, 8, 8] = 1.0
+    assert torch.equal(nuisance_batch(x, 0.0, 0.0, gen), x)
+    moved = nuisance_batch(x, 0.5, 0.0, gen)
+    assert torch.allclose(moved.sum((1, 2, 3)), torch.ones(8))  # bilinear: the marker's mass is kept
+    rows = (moved[:, 0].sum(2) * torch.arange(16.0)).sum(1)
+    cols = (moved[:, 0].sum(1) * torch.arange(16.0)).sum(1)
+    assert (rows - 8).abs().max() <= 0.5 + 1e-6 and (cols - 8).abs().max() <= 0.5 + 1e-6
+    assert (rows - 8).abs().max() > 0.05  # it did move
+    z = torch.randn(8, 1, 16, 16)
+    z = (z - z.mean((1, 2, 3), keepdim=True)) / z.std((1, 2, 3), keepdim=True)
+    g = nuisance_batch(z, 0.0, 0.2, gen)
+    assert torch.allclose(g.mean((1, 2, 3)), torch.zeros(8), atol=1e-5)
+    assert torch.allclose(g.std((1, 2, 3)), torch.ones(8), atol=1e-4)
+    assert not torch.allclose(g, z, atol=1e-3)
+    # the brightest pixel of each pattern stays the brightest: a power keeps the order of intensities
+    assert torch.equal(g.flatten(1).argmax(1), z.flatten(1).argmax(1))
+    assert nuisance_of(TrainingOptions()) == (1.0, 0.2)
+    assert nuisance_of(TrainingOptions(arch="paper")) == (0.0, 0.0)
+    assert nuisance_of(TrainingOptions(shift=0.0, power=0.1)) == (0.0, 0.1)
+    # the shift is given for a 128-px input, scales with the input, and is off below 128 px (where smoothing hurt)
+    assert input_shift(1.0, (128, 128)) == 1.0 and input_shift(1.0, (256, 128)) == 2.0
+    assert input_shift(0.5, (128, 64)) == 0.5 and input_shift(1.0, (64, 64)) == 0.0 == input_shift(1.0, (32, 32))

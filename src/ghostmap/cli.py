@@ -228,7 +228,7 @@ def train(
     pool: int = typer.Option(3, "--pool", help="Pool k x k neighbouring probe positions (odd k; 1 = off)."),
     pool_mode: str = typer.Option("mean", "--pool-mode", help="mean (default) or max."),
     augment: bool = typer.Option(True, "--augment/--no-augment", help="Flips and transposes that respect the classes."),
-    members: int = typer.Option(1, "--members", help="compact: 1 (default) = one network with a validation split; "
+    members: int = typer.Option(1, "--members", help="compact: 1 (default) = one network trained on every label; "
                                 "K > 1 = a calibrated ensemble of K, each trained on all labels but one fold (slower)."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: CUDA if present)."),
     dataset: Optional[str] = DatasetOpt,
@@ -260,6 +260,10 @@ def train(
     out.print(f"trained {arch} on {m['n_train']} labels (validation {m['n_validation']}), best epoch "
               f"{m['best_epoch']}/{m['epochs']}: val loss {m['val_loss']:.3f}, val accuracy {m['val_accuracy']:.1%} "
               f"({m['seconds']:.0f} s)")
+    if m.get("checkpoint") == "final":
+        out.print(f"no labels held out: the final weights after {m['epochs']} epochs on every label are kept, and the "
+                  "val figures above are on the training labels" + (f"; trained {m['refits']} more time(s) from a fresh "
+                  "start to fit the labels" if m.get("refits") else ""))
     if m.get("members", 1) > 1:
         out.print(f"ensemble of {m['members']} networks: cross-validated accuracy {m['val_accuracy']:.1%} on "
                   f"{m['cross_validated']} labels; probabilities calibrated (temperature {m['temperature']:.2f})")

@@ -464,7 +464,8 @@ class LabelSession:
                              progress=lambda done, total: self._progress(done=done, total=total,
                                                                          message=f"classified {done} of {total}"))
             m = model.metrics
-            summary = (f"trained on {m['n_labels']} labels: validation accuracy {m['val_accuracy']:.0%} "
+            fit = "accuracy on its own labels" if m.get("checkpoint") == "final" else "validation accuracy"
+            summary = (f"trained on {m['n_labels']} labels: {fit} {m['val_accuracy']:.0%} "
                        f"(best epoch {m['best_epoch']}/{m['epochs']}, {m['seconds']:.0f} s)")
             if m["collapsed"]:
                 summary += f" - warning: the model collapsed to '{m['predicted_classes'][0]}'; label more"
