@@ -540,7 +540,7 @@ def _vdf_detectors(apertures: Apertures, bf_center: tuple[float, float], bf_radi
 
 
 def fast_vdf_sums(scan, render, shifts: np.ndarray, quantum: float = 0.25, rows_per_block: int | None = None,
-                  progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+                  progress: Callable[[int, int], None] | None = None, workers: int | None = None) -> np.ndarray:
     """Stream the scan once: (rows, cols, M) virtual-detector sums of every pattern.
 
     ``render(d_row, d_col) -> (det_rows * det_cols, M) float32`` gives the virtual detectors
@@ -548,31 +548,43 @@ def fast_vdf_sums(scan, render, shifts: np.ndarray, quantum: float = 0.25, rows_
     sums as :func:`vdf_sums`, several times faster.
 
     Patterns are converted to float32 a few at a time and a slice of detector pixels at a time,
-    and multiplied by that slice of the weights while both are in the cache, on one BLAS thread,
-    while the next block is read in a background thread: on 2 cores that measured 3-5 x faster
-    than converting a block at once with multi-threaded BLAS, and the pixel slices a further
-    1.3 x over whole patterns (the weights of a whole 512 x 512 detector, 4 MB, leave the cache).
+    and multiplied by that slice of the weights while both are in the cache, on one BLAS thread
+    per worker; ``workers`` threads (default: one per core) each take whole blocks of scan rows,
+    a .npy's straight from the file's pages (:meth:`ghostmap.io.base.Scan.mapped_rows`). On 2 cores
+    converting a block at once with multi-threaded BLAS was 3-5 x slower, and whole patterns
+    instead of pixel slices 1.3 x (the weights of a whole 512 x 512 detector, 4 MB, leave the cache).
     """
+    import os
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
     from threadpoolctl import threadpool_limits
 
     scan = as_scan(scan)
     n_rows, n_cols = scan.scan_shape
     n_pixels = scan.detector_shape[0] * scan.detector_shape[1]
     keys = np.round(np.asarray(shifts) / quantum).astype(np.int64)
-    out = None
     step = rows_per_block or block_rows(scan)
     blocks = [(b, min(b + step, n_rows)) for b in range(0, n_rows, step)]
     chunk, piece = 32, 16384  # patterns x detector pixels per float32 buffer: 2 MB, with 256 kB of weights
-    buffer = np.empty((chunk, min(piece, n_pixels)), np.float32)
-    with threadpool_limits(limits=1, user_api="blas"):
-        for (start, stop), raw in prefetched(lambda b: scan.read_rows(*b), blocks):
-            raw = raw.reshape((stop - start) * n_cols, n_pixels)
+    rendering = threading.Lock()  # render keeps a small cache of recent shifts
+
+    def weights_for(key):
+        with rendering:
+            return render(key[0] * quantum, key[1] * quantum)
+
+    def block_sums(block):
+        start, stop = block
+        buffer = np.empty((chunk, min(piece, n_pixels)), np.float32)
+        with scan.mapped_rows(start, stop) as rows:
+            raw = np.asarray(rows).reshape((stop - start) * n_cols, n_pixels)
             uniq, inverse = np.unique(keys[start:stop].reshape(-1, 2), axis=0, return_inverse=True)
             inverse = np.asarray(inverse).reshape(-1)
+            out = None
             for u, key in enumerate(map(tuple, uniq)):
-                weights = render(key[0] * quantum, key[1] * quantum)
+                weights = weights_for(key)
                 if out is None:
-                    out = np.zeros((n_rows * n_cols, weights.shape[1]), np.float64)
+                    out = np.zeros((len(raw), weights.shape[1]), np.float64)
                 idx = np.flatnonzero(inverse == u)
                 for i in range(0, len(idx), chunk):
                     part = idx[i : i + chunk]
@@ -583,10 +595,17 @@ def fast_vdf_sums(scan, render, shifts: np.ndarray, quantum: float = 0.25, rows_
                         pixels = buffer[: len(part), : min(piece, n_pixels - j)]
                         np.copyto(pixels, patterns[:, j : j + piece])
                         total += pixels @ weights[j : j + piece]
-                    out[start * n_cols + part] = total
+                    out[part] = total
+            return out
+
+    workers = max(1, int(workers or os.cpu_count() or 1))
+    parts = []
+    with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(max_workers=workers) as pool:
+        for (_, stop), sums in zip(blocks, pool.map(block_sums, blocks)):
+            parts.append(sums)
             if progress:
                 progress(stop * n_cols, n_rows * n_cols)
-    return out.reshape(n_rows, n_cols, -1)
+    return np.concatenate(parts).reshape(n_rows, n_cols, -1)
 
 
 def pool_map(image: np.ndarray, k: int) -> np.ndarray:
@@ -698,7 +717,7 @@ def _bad_mask(mean: np.ndarray, maximum: np.ndarray) -> tuple[np.ndarray, list[t
 
 
 def _mean_and_max(scan, max_patterns: int = 4096) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`ghostmap.reading.mean_and_max_pattern`, the next sampled row read while this one is summed.
+    """:func:`ghostmap.reading.mean_and_max_pattern`, the sampled rows summed side by side, one per core.
 
     The same rows; integer counts are summed in 32 bits (exact for a scan row) before they join the
     float64 total, so the mean is identical to the last bit, in about half the time.
@@ -706,14 +725,22 @@ def _mean_and_max(scan, max_patterns: int = 4096) -> tuple[np.ndarray, np.ndarra
     rows, cols = scan.scan_shape
     if scan.dtype.kind not in "iu" or scan.dtype.itemsize > 2 or cols > 2**15:
         return mean_and_max_pattern(scan, max_patterns)
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
     sample = np.unique(np.linspace(0, rows - 1, min(rows, max(1, int(max_patterns) // cols))).round().astype(int))
     total = np.zeros(scan.detector_shape, np.float64)
     maximum = None
     acc = np.uint32 if scan.dtype.kind == "u" else np.int32
-    for _, block in prefetched(lambda r: scan.read_rows(r, r + 1)[0], list(sample)):
-        total += block.sum(axis=0, dtype=acc)
-        block_max = block.max(axis=0)
-        maximum = block_max if maximum is None else np.maximum(maximum, block_max)
+
+    def row_sum_and_max(r):  # each sampled row summed where it lies (a .npy's pages), rows side by side
+        with scan.mapped_rows(r, r + 1) as block:
+            return block[0].sum(axis=0, dtype=acc), block[0].max(axis=0)
+
+    with ThreadPoolExecutor(max_workers=max(1, min(len(sample), os.cpu_count() or 1))) as pool:
+        for row_sum, row_max in pool.map(row_sum_and_max, sample):  # added in row order: the same mean
+            total += row_sum
+            maximum = row_max if maximum is None else np.maximum(maximum, row_max)
     return total / (len(sample) * cols), maximum
 
 
