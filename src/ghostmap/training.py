@@ -450,6 +450,24 @@ def run_epoch(network, inputs, targets, order, options: TrainingOptions, optimis
     return {"loss": total / seen, "accuracy": correct / seen, "lr": optimiser.param_groups[0]["lr"]}
 
 
+def fit_epochs(network, inputs, targets, epochs: int, options: TrainingOptions, optimiser, scheduler, swap,
+               gen: torch.Generator, loss_of, device, progress=None, clean_from: int | None = None) -> list[dict]:
+    """``epochs`` passes over every label, each in a fresh random order, the schedule stepped every
+    batch (the fixed-schedule recipes: final weights, and the ensemble's members). From epoch
+    ``clean_from`` on, without the drift/thickness augmentation. Returns the epochs' figures."""
+    everything = np.arange(len(targets))
+    history = []
+    for epoch in range(1, epochs + 1):
+        order = everything[torch.randperm(len(everything), generator=gen).numpy()]
+        stats = run_epoch(network, inputs, targets, order, options, optimiser, scheduler, True, swap, gen,
+                          loss_of, device, nuisance=clean_from is None or epoch < clean_from)
+        stats = {"epoch": epoch, **stats, "val_loss": math.nan, "val_accuracy": math.nan}
+        history.append(stats)
+        if progress:
+            progress(epoch, epochs, stats)
+    return history
+
+
 def _plain_loss(network, xb, yb, idx):
     logits = network(xb)
     return F.cross_entropy(logits, yb), logits.argmax(1)
@@ -485,15 +503,8 @@ def fit_single(inputs, targets, classes, options: TrainingOptions, progress=None
         gen = torch.Generator().manual_seed(seed)
         network = build_network(options.arch, len(classes), tuple(inputs.shape[2:])).to(device, memory_format=CHANNELS_LAST)
         optimiser, scheduler = make_optimiser(network, options, len(everything), epochs, "cosine")
-        history = []
-        for epoch in range(1, epochs + 1):
-            order = everything[torch.randperm(len(everything), generator=gen).numpy()]
-            stats = run_epoch(network, inputs, targets, order, options, optimiser, scheduler, True, swap, gen,
-                              _plain_loss, device, nuisance=epoch <= epochs - round(options.clean_tail * epochs))
-            stats = {"epoch": epoch, **stats, "val_loss": math.nan, "val_accuracy": math.nan}
-            history.append(stats)
-            if progress:
-                progress(epoch, epochs, stats)
+        history = fit_epochs(network, inputs, targets, epochs, options, optimiser, scheduler, swap, gen, _plain_loss,
+                             device, progress, clean_from=epochs - round(options.clean_tail * epochs) + 1)
         network.eval()
         with torch.inference_mode():
             logits = torch.cat([network(inputs[b : b + 256].to(device)).cpu() for b in range(0, len(targets), 256)])
@@ -589,16 +600,8 @@ def fit_ensemble(inputs, targets, classes, members: int, options: TrainingOption
         loss = (each.sum(0) / mask.sum(0).clamp(min=1)).sum()  # every member's mean loss, summed
         return loss, z.mean(1).argmax(1)
 
-    history = []
-    everything = np.arange(n)
-    for epoch in range(1, epochs + 1):
-        order = everything[torch.randperm(n, generator=gen).numpy()]
-        stats = run_epoch(network, inputs, targets, order, options, optimiser, scheduler, True, swap, gen,
-                          loss_of, device)
-        stats = {"epoch": epoch, **stats, "val_loss": math.nan, "val_accuracy": math.nan}
-        history.append(stats)
-        if progress:
-            progress(epoch, epochs, stats)
+    history = fit_epochs(network, inputs, targets, epochs, options, optimiser, scheduler, swap, gen, loss_of, device,
+                         progress)
     network.eval()
     with torch.inference_mode():
         z = torch.cat([network.member_logits(inputs[b : b + 256].to(device)).cpu() for b in range(0, n, 256)])

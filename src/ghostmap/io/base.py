@@ -550,21 +550,8 @@ class Readahead:
 
 def prefetched(read: Callable[[Any], Any], blocks) -> Iterator[tuple[Any, Any]]:
     """Yield ``(block, read(block))`` for each block, reading the next one in a background thread
-    meanwhile (:class:`Readahead` with one block ahead, started when iteration starts).
-
-    At most two results exist at once: the one yielded and the one being read.
-
-    Parameters
-    ----------
-    read : callable
-        ``read(block)`` -> the block's data.
-    blocks : sequence
-        What to read, in order (e.g. ``(start, stop)`` row ranges).
-
-    Returns
-    -------
-    iterator of tuple
-        ``(block, data)`` pairs, in the order of ``blocks``.
+    meanwhile: :class:`Readahead` (same ``read`` and ``blocks``) with one block ahead, started
+    when iteration starts. At most two results exist at once: the one yielded and the one being read.
 
     Example
     -------
