@@ -70,7 +70,7 @@ def test_row_reader_yields_every_block_in_order_with_its_bright_field(counts, ah
     scan = Scan(counts)
     reduction = CountReduction(bin=2, pool=3)
     index = np.array([0, 5, 21, 479])
-    reader = RowReader(scan, reduction, row_blocks(5, 3, 0, 5, 2), bright_field_index=lambda: index, ahead=ahead)
+    reader = RowReader(scan, reduction, row_blocks(5, 3, 0, 5, 2), bright_field_index=lambda raw: index, ahead=ahead)
     got = list(reader)
     assert [block for block, _ in got] == [(0, 2), (2, 4), (4, 5)]
     np.testing.assert_array_equal(np.concatenate([rows for _, rows in got]), reduction.reduce_rows(counts))
@@ -124,7 +124,7 @@ def test_reading_needs_no_torch(tmp_path, counts):
         from ghostmap.reading import open_scan
         scan = open_scan({str(tmp_path / "scan.npy")!r})
         blocks = row_blocks(5, 3, 0, 5, block_rows(scan))
-        reader = RowReader(scan, CountReduction(bin=2, pool=3), blocks, bright_field_index=lambda: bright_field_index(scan), ahead=2)
+        reader = RowReader(scan, CountReduction(bin=2, pool=3), blocks, bright_field_index=lambda raw: bright_field_index(scan), ahead=2)
         rows = np.concatenate([r for _, r in reader])
         print(rows.shape, len(reader.bright_field))
     """)

@@ -90,6 +90,18 @@ def launch(p):
     return p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
 
 
+def open_page(p, url: str):
+    """A headless browser on the label page at ``url``, once it says it is ready; page errors are
+    collected in the list returned with it."""
+    browser = launch(p)
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    errors = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(url)
+    page.wait_for_selector("body[data-ready='1']", timeout=15_000)
+    return browser, page, errors
+
+
 def read_csv(path: Path) -> dict:
     from ghostmap.labels import read_labels
 
@@ -123,12 +135,7 @@ def test_label_with_the_keyboard_kill_restart_reload(tmp_path):
     server = Server(args, tmp_path)
     try:
         with sync_playwright() as p:
-            browser = launch(p)
-            page = browser.new_page(viewport={"width": 1400, "height": 900})
-            errors = []
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.goto(server.url)
-            page.wait_for_selector("body[data-ready='1']", timeout=15_000)
+            browser, page, errors = open_page(p, server.url)
             assert page.inner_text("#progress-text") == "0 of 20 labelled"
             page.wait_for_function("() => document.getElementById('pattern').complete "
                                    "&& document.getElementById('pattern').naturalWidth === 64")
@@ -207,12 +214,7 @@ def test_quick_keys_are_queued_the_overview_fills_its_panel_and_an_empty_queue_s
     server = Server(["scan.npy", "--labels", "labels.csv", "--budget", "6", "--port", "0"], tmp_path)
     try:
         with sync_playwright() as p:
-            browser = launch(p)
-            page = browser.new_page(viewport={"width": 1400, "height": 900})
-            errors = []
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.goto(server.url)
-            page.wait_for_selector("body[data-ready='1']", timeout=15_000)
+            browser, page, errors = open_page(p, server.url)
 
             # the overview is as wide as its panel: no black band beside it
             wrap_width = page.evaluate("() => document.getElementById('overview-wrap').clientWidth")

@@ -28,17 +28,33 @@ def _sample_rows(scan: Scan, max_patterns: int) -> np.ndarray:
 
 def mean_and_max_pattern(scan, max_patterns: int = 4096) -> tuple[np.ndarray, np.ndarray]:
     """Mean (float64) and pixel-wise maximum patterns over an evenly strided subset of scan
-    rows, in one pass: cheap on huge scans, exact when the subset covers every row."""
+    rows, in one pass: cheap on huge scans, exact when the subset covers every row.
+
+    The sampled rows are summed side by side, one per core, each where it lies (a .npy's rows
+    mapped, not copied); integer counts of up to 16 bits are summed in 32-bit integers, exact
+    for a scan row, before they join the float64 total in row order, so the mean is the same
+    to the last bit as summing in float64, in about half the time.
+    """
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
     scan = as_scan(scan)
+    cols = scan.scan_shape[1]
+    small_ints = scan.dtype.kind in "iu" and scan.dtype.itemsize <= 2 and cols <= 2**15
+    acc = (np.uint32 if scan.dtype.kind == "u" else np.int32) if small_ints else np.float64
+    rows = _sample_rows(scan, max_patterns)
+
+    def row_sum_and_max(row):
+        with scan.mapped_rows(row, row + 1) as block:
+            return block[0].sum(axis=0, dtype=acc), block[0].max(axis=0)
+
     total = np.zeros(scan.detector_shape, dtype=np.float64)
-    maximum, count = None, 0
-    for row in _sample_rows(scan, max_patterns):
-        block = scan.read_rows(row, row + 1)[0]
-        total += block.sum(axis=0, dtype=np.float64)
-        block_max = block.max(axis=0)
-        maximum = block_max if maximum is None else np.maximum(maximum, block_max)
-        count += block.shape[0]
-    return total / count, maximum
+    maximum = None
+    with ThreadPoolExecutor(max_workers=max(1, min(len(rows), os.cpu_count() or 1))) as pool:
+        for row_sum, row_max in pool.map(row_sum_and_max, rows):  # in row order
+            total += row_sum
+            maximum = row_max if maximum is None else np.maximum(maximum, row_max)
+    return total / (len(rows) * cols), maximum
 
 
 def mean_pattern(scan, max_patterns: int = 4096) -> np.ndarray:
@@ -148,10 +164,21 @@ def bright_field_index(scan) -> np.ndarray:
     >>> bool(bright_field_index(data).size > 0)
     True
     """
-    scan = as_scan(scan)
-    n_cols = scan.scan_shape[1]
-    first_row = scan.read_rows(0, 1)[0]
-    mean = first_row.reshape(n_cols, -1).mean(0, dtype=np.float64).reshape(scan.detector_shape)
+    return bright_field_index_of(as_scan(scan).read_rows(0, 1)[0])
+
+
+def bright_field_index_of(row: np.ndarray) -> np.ndarray:
+    """:func:`bright_field_index` from one scan row's patterns (cols, det_row, det_col) already read.
+
+    Example
+    -------
+    >>> import ghostmap as gm
+    >>> data, _ = gm.simulate_scan((2, 3), detector=32, seed=0)
+    >>> bool((bright_field_index_of(data[0]) == bright_field_index(data)).all())
+    True
+    """
+    row = np.asarray(row)
+    mean = row.reshape(row.shape[0], -1).mean(0, dtype=np.float64).reshape(row.shape[1:])
     return np.flatnonzero(bright_field_mask(mean))
 
 

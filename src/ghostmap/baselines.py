@@ -423,14 +423,10 @@ def _read_window(scan, start: int, stop: int, r0: int, r1: int, c0: int, c1: int
     just the window).
     """
     data = scan.data
-    if isinstance(data, np.memmap) and getattr(data, "filename", None) is not None and data.flags.c_contiguous:
-        row_bytes = int(np.prod(data.shape[1:])) * data.dtype.itemsize
-        block = np.memmap(data.filename, dtype=data.dtype, mode="r", offset=data.offset + start * row_bytes,
-                          shape=(stop - start, *data.shape[1:]))
-        window = np.array(block[:, :, r0:r1, c0:c1])
-        del block  # the last reference: unmapped here
-    else:
-        window = np.asarray(data[start:stop, :, r0:r1, c0:c1])
+    if isinstance(data, np.memmap):
+        with scan.mapped_rows(start, stop) as rows:
+            return np.array(rows[:, :, r0:r1, c0:c1])
+    window = np.asarray(data[start:stop, :, r0:r1, c0:c1])
     return window if window.dtype.isnative else window.astype(window.dtype.newbyteorder("="))
 
 
@@ -716,34 +712,6 @@ def _bad_mask(mean: np.ndarray, maximum: np.ndarray) -> tuple[np.ndarray, list[t
     return bad, bad_pixels
 
 
-def _mean_and_max(scan, max_patterns: int = 4096) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`ghostmap.reading.mean_and_max_pattern`, the sampled rows summed side by side, one per core.
-
-    The same rows; integer counts are summed in 32 bits (exact for a scan row) before they join the
-    float64 total, so the mean is identical to the last bit, in about half the time.
-    """
-    rows, cols = scan.scan_shape
-    if scan.dtype.kind not in "iu" or scan.dtype.itemsize > 2 or cols > 2**15:
-        return mean_and_max_pattern(scan, max_patterns)
-    import os
-    from concurrent.futures import ThreadPoolExecutor
-
-    sample = np.unique(np.linspace(0, rows - 1, min(rows, max(1, int(max_patterns) // cols))).round().astype(int))
-    total = np.zeros(scan.detector_shape, np.float64)
-    maximum = None
-    acc = np.uint32 if scan.dtype.kind == "u" else np.int32
-
-    def row_sum_and_max(r):  # each sampled row summed where it lies (a .npy's pages), rows side by side
-        with scan.mapped_rows(r, r + 1) as block:
-            return block[0].sum(axis=0, dtype=acc), block[0].max(axis=0)
-
-    with ThreadPoolExecutor(max_workers=max(1, min(len(sample), os.cpu_count() or 1))) as pool:
-        for row_sum, row_max in pool.map(row_sum_and_max, sample):  # added in row order: the same mean
-            total += row_sum
-            maximum = row_max if maximum is None else np.maximum(maximum, row_max)
-    return total / (len(sample) * cols), maximum
-
-
 def _central_disk(clean_mean: np.ndarray) -> tuple[np.ndarray, tuple[float, float], float, float]:
     """The central disk of a mean pattern: mask, centre (row, col), radius, and half its median counts."""
     bf = bright_field_mask(clean_mean)
@@ -766,7 +734,7 @@ def vdf_baseline(scan, apertures: Apertures | None = None, radius: float | None 
     det = scan.detector_shape
     # 2,048 patterns (10 of the paper scan's 34 rows) found the same bad pixels, and a lattice
     # within 1e-3 px, as 4,096 did there, with the same labels, in half the time of this pass
-    mean, maximum = _mean_and_max(scan, max_patterns=2048)
+    mean, maximum = mean_and_max_pattern(scan, max_patterns=2048)
     bad, bad_pixels = _bad_mask(mean, maximum)
     clean = _clean_mean(mean, bad)
     bf, bf_center, bf_radius, _ = _central_disk(clean)
@@ -962,7 +930,7 @@ def _cluster(scan, KMeans, IncrementalPCA, k, pool, n_components, bin, descan, s
     h, w = scan.detector_shape[0] // bin, scan.detector_shape[1] // bin
     if bin < 1 or min(h, w) < 4:
         raise GhostmapError(f"bin {bin} leaves patterns of only {h} x {w} pixels")
-    mean, maximum = _mean_and_max(scan)
+    mean, maximum = mean_and_max_pattern(scan)
     bad, bad_pixels = _bad_mask(mean, maximum)
     live = ~bad
     clean = _clean_mean(mean, bad)

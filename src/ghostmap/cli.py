@@ -366,8 +366,8 @@ def _start_reading(scan, description: dict, readahead: int):
     None where that cannot start early (counts that need torch to reduce, or a model that does
     not fit the scan, which prediction then reports in its own words).
     """
-    from .analysis import bright_field_index
-    from .counts import CountReduction, RowReader, block_rows, row_blocks
+    from .analysis import bright_field_index_of
+    from .counts import CountReduction, block_rows, scan_reader
 
     try:
         reduction = CountReduction.from_dict(description["preprocessing"])
@@ -376,12 +376,12 @@ def _start_reading(scan, description: dict, readahead: int):
         return None
     if tuple(scan.detector_shape) != detector_shape or not reduction.fits_dtype(scan.dtype):
         return None
-    n_rows, n_cols = scan.scan_shape
     step = block_rows(scan)
     _, _, h, w = reduction.window(scan.detector_shape)
-    ahead = max(1, readahead * 2**20 // (step * n_cols * h * w * 4))  # binned float32 blocks in that many MB
-    blocks = row_blocks(n_rows, reduction.pool, 0, n_rows, step)
-    return RowReader(scan, reduction, blocks, bright_field_index=lambda: bright_field_index(scan), ahead=ahead)
+    ahead = max(1, readahead * 2**20 // (step * scan.scan_shape[1] * h * w * 4))  # binned float32 blocks in that many MB
+    # the whole scan: the first block starts at scan row 0, where the bright-field disk is found
+    return scan_reader(scan, reduction, rows_per_block=step, ahead=ahead,
+                       bright_field_index=lambda raw: bright_field_index_of(raw[0]))
 
 
 def reuse_freed_memory(mmap_threshold: int = 256 * 2**20, trim_threshold: int = 512 * 2**20) -> bool:

@@ -258,6 +258,20 @@ def row_blocks(n_rows: int, pool: int, start: int, stop: int, rows_per_block: in
     return [(b, min(b + rows_per_block, hi)) for b in range(lo, hi, rows_per_block)]
 
 
+def scan_reader(scan, reduction: "CountReduction", start: int = 0, stop: int | None = None,
+                rows_per_block: int | None = None, **options) -> "RowReader":
+    """A :class:`RowReader` of the blocks that output rows [start, stop) of ``scan`` need (with
+    the rows pooling needs on either side), started at once; ``options`` go to :class:`RowReader`.
+
+    The one place the blocks are chosen, for :func:`ghostmap.preprocessing.reader_for` and for
+    ``ghostmap predict``'s reading before torch loads.
+    """
+    n_rows = scan.scan_shape[0]
+    stop = n_rows if stop is None else stop
+    blocks = row_blocks(n_rows, reduction.pool, start, stop, rows_per_block or block_rows(scan))
+    return RowReader(scan, reduction, blocks, **options)
+
+
 class RowReader:
     """Blocks of scan rows read and reduced in a background thread from the moment it is made.
 
@@ -275,15 +289,14 @@ class RowReader:
     blocks : list of (int, int)
         Scan-row ranges, in order (:func:`row_blocks`).
     bright_field_index : numpy.ndarray or callable, optional
-        Flat detector indices of the bright-field disk (or a function returning them, called
-        in the reading thread); their sum for every pattern lands in ``bright_field[scan_row]``
-        (float64, one value per scan column) as blocks are read.
+        Flat detector indices of the bright-field disk, or a function that finds them from the
+        first block's raw rows (called once, in the reading thread, so no row is read twice);
+        their sum for every pattern lands in ``bright_field[scan_row]`` (float64, one value per
+        scan column) as blocks are read.
     ahead : int, optional
         Blocks kept ready ahead of the caller (0: read in the caller's thread).
     fallback : callable, optional
         ``fallback(raw)`` for counts ``reduction`` does not fit; without one they are an error.
-    on_raw : callable, optional
-        ``on_raw(first_row, raw)`` sees every raw block, in the reading thread.
 
     Example
     -------
@@ -294,31 +307,29 @@ class RowReader:
     [((0, 2), (2, 3, 4, 4)), ((2, 4), (2, 3, 4, 4))]
     """
 
-    def __init__(self, scan, reduction: CountReduction, blocks, bright_field_index: np.ndarray | None = None,
-                 ahead: int = 1, fallback=None, on_raw=None):
+    def __init__(self, scan, reduction: CountReduction, blocks, bright_field_index=None, ahead: int = 1,
+                 fallback=None):
         from .io.base import Readahead
 
-        self.scan, self.reduction, self.fallback, self.on_raw = scan, reduction, fallback, on_raw
+        self.scan, self.reduction, self.fallback = scan, reduction, fallback
         self.bright_field_index = bright_field_index
         self.bright_field: dict[int, np.ndarray] = {}
         self._readahead = Readahead(self._read, blocks, ahead)
         self.blocks = self._readahead.blocks
 
     def _read(self, block):
-        if callable(self.bright_field_index):  # found here, in the reading thread, the first time
-            self.bright_field_index = self.bright_field_index()
         if self.reduction.fits_dtype(self.scan.dtype):  # reduced in NumPy straight from the file's pages
             with self.scan.mapped_rows(*block) as raw:
                 return self._reduce(block, np.asarray(raw))
         return self._reduce(block, np.asarray(self.scan.read_rows(*block)))  # a copy torch may write to
 
     def _reduce(self, block, raw: np.ndarray):
+        if callable(self.bright_field_index):  # found from the first block, in the reading thread
+            self.bright_field_index = self.bright_field_index(raw)
         if self.bright_field_index is not None:
             flat = raw.reshape(raw.shape[0], raw.shape[1], -1)
             for i in range(raw.shape[0]):
                 self.bright_field[block[0] + i] = flat[i][:, self.bright_field_index].sum(-1, dtype=np.float64)
-        if self.on_raw is not None:
-            self.on_raw(block[0], raw)
         if self.reduction.fits(raw):
             return self.reduction.reduce_rows(raw)
         if self.fallback is None:

@@ -19,7 +19,7 @@ from typing import Callable, Iterator, NamedTuple
 import numpy as np
 import torch
 
-from .analysis import bright_field_index  # noqa: F401 - long imported from here
+from .analysis import bright_field_index, bright_field_index_of
 from .counts import RowReader
 from .errors import GhostmapError
 from .model import Model, fused_for_inference, pick_device
@@ -294,6 +294,8 @@ def iter_predictions(
     batch_size = _batch_size(batch_size, network, model.input_shape, dev)
     logger.debug("classifying scan rows %d-%d on %s, batches of %d", start, stop, dev, batch_size)
     if reader is None:
+        if bf_index is None and start - model.preprocessing.pool // 2 <= 0:  # the first block holds scan row 0
+            bf_index = lambda raw: bright_field_index_of(raw[0])  # noqa: E731 - found from it: row 0 read once
         reader = reader_for(scan, model.preprocessing, start, stop, rows_per_block, ahead=int(prefetch),
                             bright_field_index=bright_field_index(scan) if bf_index is None else bf_index)
     elif reader.bright_field_index is None:

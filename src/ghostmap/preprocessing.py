@@ -23,12 +23,12 @@ from __future__ import annotations
 import logging
 import warnings
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Iterator
+from typing import Iterator
 
 import numpy as np
 import torch
 
-from .counts import CountReduction, RowReader, bin_counts, block_rows, row_blocks  # noqa: F401 - also public here
+from .counts import CountReduction, RowReader, bin_counts, block_rows, row_blocks, scan_reader  # noqa: F401 - also public here
 from .detector import find_bad_pixels
 from .errors import GhostmapError
 
@@ -126,7 +126,7 @@ class Preprocessing:
             if len(self.crop) != 4:
                 raise GhostmapError("crop needs four numbers: row_start, row_stop, col_start, col_stop")
         self.bad_pixels = [(int(r), int(c)) for r, c in self.bad_pixels]
-        self._fill_cache: dict = {}
+        self._counts_cache: dict = {}
 
     # --- serialisation -------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -255,9 +255,9 @@ class Preprocessing:
         if self.bin is None:
             raise GhostmapError("the bin factor is not fixed yet: call resolve(detector_shape) first")
         key = (self.bin, self.crop, tuple(self.bad_pixels), self.pool, self.pool_mode)
-        if self._fill_cache.get("key") != key:
-            self._fill_cache.update(key=key, counts=CountReduction(self.bin, self.crop, key[2], self.pool, self.pool_mode))
-        return self._fill_cache["counts"]
+        if self._counts_cache.get("key") != key:
+            self._counts_cache.update(key=key, counts=CountReduction(self.bin, self.crop, key[2], self.pool, self.pool_mode))
+        return self._counts_cache["counts"]
 
     def _repair_bad_pixels(self, raw: torch.Tensor, binned: torch.Tensor) -> None:
         """:meth:`ghostmap.counts.CountReduction.repair` for float or torch counts: the same
@@ -398,8 +398,7 @@ def preprocess_positions(scan, rows, cols, prep: Preprocessing) -> torch.Tensor:
 
 
 def reader_for(scan, prep: Preprocessing, start: int = 0, stop: int | None = None,
-               rows_per_block: int | None = None, ahead: int = 1,
-               bright_field_index: np.ndarray | None = None, on_raw=None) -> RowReader:
+               rows_per_block: int | None = None, ahead: int = 1, bright_field_index=None) -> RowReader:
     """A :class:`ghostmap.counts.RowReader` of the blocks :func:`stream_rows` needs for scan rows
     [start, stop), started at once.
 
@@ -407,8 +406,7 @@ def reader_for(scan, prep: Preprocessing, start: int = 0, stop: int | None = Non
     :meth:`Preprocessing.reduce` (torch), there too. Binning in the reading thread measured
     11.9-15.4 s end to end on the paper-size scan against 12.8-13.5 s with only the read there.
     """
-    n_rows, n_cols = scan.scan_shape
-    stop = n_rows if stop is None else stop
+    n_cols = scan.scan_shape[1]
     h, w = prep.output_shape(scan.detector_shape)
 
     def fallback(raw: np.ndarray) -> torch.Tensor:
@@ -418,30 +416,26 @@ def reader_for(scan, prep: Preprocessing, start: int = 0, stop: int | None = Non
         # pooling across scan columns never mixes scan rows, so it is done per block, here
         return _pool_axis(reduced, 1, prep.pool, prep.pool_mode) if prep.pool > 1 else reduced
 
-    blocks = row_blocks(n_rows, prep.pool, start, stop, rows_per_block or block_rows(scan))
-    return RowReader(scan, prep.count_reduction(), blocks, bright_field_index=bright_field_index, ahead=ahead,
-                     fallback=fallback, on_raw=on_raw)
+    return scan_reader(scan, prep.count_reduction(), start, stop, rows_per_block,
+                       bright_field_index=bright_field_index, ahead=ahead, fallback=fallback)
 
 
 def stream_rows(scan, prep: Preprocessing, start: int = 0, stop: int | None = None,
                 rows_per_block: int | None = None, prefetch: bool = True,
-                on_raw: Callable[[int, np.ndarray], None] | None = None,
                 reader: RowReader | None = None) -> Iterator[tuple[int, int, torch.Tensor]]:
     """Yield (row_start, row_stop, network input (rows, cols, h, w)) for scan rows [start, stop).
 
     Each scan row is read once; only the reduced rows that pooling still needs are kept,
-    so memory stays bounded whatever the scan size. ``on_raw(first_row, raw_block)`` sees
-    every raw block (to sum a virtual image on the way, say), before its rows are yielded;
-    with ``prefetch`` it is called in the background reading thread. ``reader``: a reader
-    already started by :func:`reader_for` for the same rows (``prefetch`` and ``on_raw``
-    are then its own).
+    so memory stays bounded whatever the scan size. With ``prefetch`` the next block is read
+    and binned in a background thread. ``reader``: a reader already started by
+    :func:`reader_for` for the same rows (``rows_per_block`` and ``prefetch`` are then its own).
     """
     n_rows, n_cols = scan.scan_shape
     stop = n_rows if stop is None else stop
     half = prep.pool // 2
     lo, hi = max(0, start - half), min(n_rows, stop + half)
     if reader is None:
-        reader = reader_for(scan, prep, start, stop, rows_per_block, ahead=int(prefetch), on_raw=on_raw)
+        reader = reader_for(scan, prep, start, stop, rows_per_block, ahead=int(prefetch))
     elif not reader.blocks or reader.blocks[0][0] != lo or reader.blocks[-1][1] != hi \
             or reader.reduction != prep.count_reduction():
         raise ValueError(f"the reader given reads other rows or reduces otherwise than scan rows {start}-{stop} need")
