@@ -326,7 +326,7 @@ def predict(
         step = Step(data[0], None, dataset, shape)
         with step.open() as scan:
             # the scan is read and binned in a background thread while torch and the model load
-            reader = _start_reading(scan, description, readahead)
+            reader = _start_reading(scan, description, readahead, model_dir)
             try:
                 from .model import Model
 
@@ -360,27 +360,33 @@ def _report_prediction(out_dir: Path, result, name: str) -> None:
         out.print(f"  {p}")
 
 
-def _start_reading(scan, description: dict, readahead: int):
-    """Start reading and binning ``scan`` as the described model needs, before torch loads.
+def _start_reading(scan, description: dict, readahead: int, model_dir: Path):
+    """Start reading ``scan`` and making the described model's network inputs, before torch loads.
 
     None where that cannot start early (counts that need torch to reduce, or a model that does
     not fit the scan, which prediction then reports in its own words).
     """
     from .analysis import bright_field_index_of
     from .counts import CountReduction, block_rows, scan_reader
+    from .inputs import Finish, NetworkInputs
+    from .modelfile import read_reference
 
     try:
         reduction = CountReduction.from_dict(description["preprocessing"])
         detector_shape = tuple(int(v) for v in description["detector_shape"])
-    except (KeyError, TypeError, ValueError):
+        reference = read_reference(model_dir) if description["preprocessing"].get("subtract_mean") else None
+    except (KeyError, TypeError, ValueError, GhostmapError):
         return None
     if tuple(scan.detector_shape) != detector_shape or not reduction.fits_dtype(scan.dtype):
         return None
     step = block_rows(scan)
+    n_rows = scan.scan_shape[0]
     _, _, h, w = reduction.window(scan.detector_shape)
-    ahead = max(1, readahead * 2**20 // (step * scan.scan_shape[1] * h * w * 4))  # binned float32 blocks in that many MB
+    ahead = max(1, readahead * 2**20 // (step * scan.scan_shape[1] * h * w * 4))  # float32 blocks in that many MB
+    inputs = NetworkInputs(n_rows, 0, n_rows, reduction.pool, reduction.pool_mode,
+                           Finish.from_dict(description["preprocessing"], reference))
     # the whole scan: the first block starts at scan row 0, where the bright-field disk is found
-    return scan_reader(scan, reduction, rows_per_block=step, ahead=ahead,
+    return scan_reader(scan, reduction, rows_per_block=step, ahead=ahead, then=inputs,
                        bright_field_index=lambda raw: bright_field_index_of(raw[0]))
 
 

@@ -297,6 +297,10 @@ class RowReader:
         Blocks kept ready ahead of the caller (0: read in the caller's thread).
     fallback : callable, optional
         ``fallback(raw)`` for counts ``reduction`` does not fit; without one they are an error.
+    then : callable, optional
+        ``then(block, reduced rows)``, also in the reading thread, in block order; what it
+        returns is yielded instead of the reduced rows (:class:`ghostmap.inputs.NetworkInputs`
+        makes network inputs there, so the caller's thread only runs the network).
 
     Example
     -------
@@ -308,10 +312,10 @@ class RowReader:
     """
 
     def __init__(self, scan, reduction: CountReduction, blocks, bright_field_index=None, ahead: int = 1,
-                 fallback=None):
+                 fallback=None, then=None):
         from .io.base import Readahead
 
-        self.scan, self.reduction, self.fallback = scan, reduction, fallback
+        self.scan, self.reduction, self.fallback, self.then = scan, reduction, fallback, then
         self.bright_field_index = bright_field_index
         self.bright_field: dict[int, np.ndarray] = {}
         self._readahead = Readahead(self._read, blocks, ahead)
@@ -320,8 +324,10 @@ class RowReader:
     def _read(self, block):
         if self.reduction.fits_dtype(self.scan.dtype):  # reduced in NumPy straight from the file's pages
             with self.scan.mapped_rows(*block) as raw:
-                return self._reduce(block, np.asarray(raw))
-        return self._reduce(block, np.asarray(self.scan.read_rows(*block)))  # a copy torch may write to
+                reduced = self._reduce(block, np.asarray(raw))
+        else:
+            reduced = self._reduce(block, np.asarray(self.scan.read_rows(*block)))  # a copy torch may write to
+        return reduced if self.then is None else self.then(block, reduced)
 
     def _reduce(self, block, raw: np.ndarray):
         if callable(self.bright_field_index):  # found from the first block, in the reading thread

@@ -32,13 +32,12 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from .errors import GhostmapError
-from .modelfile import FORMAT, META_FILE, WEIGHTS_FILE, file_sha256, read_description
+from .modelfile import FORMAT, META_FILE, REFERENCE_KEY, WEIGHTS_FILE, file_sha256, read_description
 from .preprocessing import Preprocessing
 
 logger = logging.getLogger(__name__)
 
 ARCHITECTURES = ("compact", "paper")
-REFERENCE_KEY = "preprocessing.reference"
 BYTES_MAGIC = b"ghostmap-model\0"  # the start of Model.to_bytes()
 
 

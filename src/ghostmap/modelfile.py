@@ -14,9 +14,10 @@ from pathlib import Path
 
 from .errors import GhostmapError
 
-__all__ = ["read_description"]
+__all__ = ["read_description", "read_reference"]
 
 WEIGHTS_FILE = "model.safetensors"
+REFERENCE_KEY = "preprocessing.reference"  # the reference pattern's entry in the weights file
 META_FILE = "model.json"
 FORMAT = "ghostmap-model"
 
@@ -72,3 +73,22 @@ def file_sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def read_reference(directory: str | Path):
+    """The preprocessing's reference pattern (h, w) float32 from a model folder's weights file,
+    as a NumPy array (no torch), or None where the model has none.
+
+    Raises
+    ------
+    GhostmapError
+        A weights file that cannot be read.
+    """
+    import numpy as np
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(Path(directory) / WEIGHTS_FILE), framework="np") as f:
+            return np.asarray(f.get_tensor(REFERENCE_KEY), np.float32) if REFERENCE_KEY in f.keys() else None
+    except (OSError, SafetensorError) as exc:
+        raise GhostmapError(f"{Path(directory) / WEIGHTS_FILE} cannot be read: {exc}") from None

@@ -31,6 +31,7 @@ import torch
 from .counts import CountReduction, RowReader, bin_counts, block_rows, row_blocks, scan_reader  # noqa: F401 - also public here
 from .detector import find_bad_pixels
 from .errors import GhostmapError
+from .inputs import Finish, NetworkInputs
 
 logger = logging.getLogger(__name__)
 
@@ -216,23 +217,17 @@ class Preprocessing:
             self._repair_bad_pixels(raw, x)
         return x
 
-    def finish(self, counts: torch.Tensor) -> torch.Tensor:
-        """Intensity transform and per-pattern normalisation of reduced counts (n, h, w)."""
-        x = counts.clamp_min(0)  # a new tensor: every later step works in place, so a block needs one copy
-        if self.transform == "sqrt":
-            x.sqrt_()
-        elif self.transform == "log":
-            x.log1p_()
-        elif self.transform == "gamma":
-            x.pow_(self.gamma)
-        if self.subtract_mean and self.reference is not None:
-            x.sub_(torch.as_tensor(self.reference, dtype=x.dtype))
-        if self.normalise == "standard":
-            flat = x.reshape(x.shape[0], -1)
-            mean = flat.mean(dim=1).view(-1, 1, 1)
-            std = flat.std(dim=1).view(-1, 1, 1)
-            x.sub_(mean).div_(std.clamp_min(1e-6))
-        return x
+    def finish(self, counts) -> torch.Tensor:
+        """Intensity transform and per-pattern normalisation of reduced counts (n, h, w):
+        :meth:`finishing`'s arithmetic (NumPy, on the CPU), as a new float32 tensor."""
+        device = counts.device if torch.is_tensor(counts) else torch.device("cpu")
+        if torch.is_tensor(counts):
+            counts = counts.detach().cpu()
+        return torch.from_numpy(self.finishing()(counts)).to(device)
+
+    def finishing(self) -> Finish:
+        """The transform and normalisation as a torch-free :class:`ghostmap.inputs.Finish`."""
+        return Finish(self.transform, self.gamma, self.normalise, self.reference if self.subtract_mean else None)
 
     def pool_block(self, counts: torch.Tensor) -> torch.Tensor:
         """Pool reduced counts (scan_row, scan_col, h, w) over k x k probe positions.
@@ -296,28 +291,6 @@ def _pool_axis(x: torch.Tensor, axis: int, k: int, mode: str) -> torch.Tensor:
         view = [1] * x.ndim
         view[axis] = n
         out /= count.view(view)
-    return out
-
-
-def _pool_rows(rows: dict, r0: int, r1: int, lo: int, hi: int, half: int, mode: str) -> torch.Tensor:
-    """Pool scan rows [r0, r1) over their neighbours within [lo, hi), from ``rows`` (scan row ->
-    (cols, h, w)): the same arithmetic, in the same order, as :func:`_pool_axis` along axis 0."""
-    out = torch.stack([rows[r] for r in range(r0, r1)])
-    if half == 0:
-        return out
-    count = torch.ones(r1 - r0, dtype=out.dtype)
-    for shift in range(1, half + 1):
-        for sign in (-1, 1):
-            for i, r in enumerate(range(r0, r1)):
-                other = r + sign * shift
-                if lo <= other < hi:
-                    if mode == "mean":
-                        out[i].add_(rows[other])
-                        count[i] += 1
-                    else:
-                        out[i].copy_(torch.maximum(out[i], rows[other]))
-    if mode == "mean":
-        out /= count.view(-1, 1, 1, 1)
     return out
 
 
@@ -399,14 +372,17 @@ def preprocess_positions(scan, rows, cols, prep: Preprocessing) -> torch.Tensor:
 
 def reader_for(scan, prep: Preprocessing, start: int = 0, stop: int | None = None,
                rows_per_block: int | None = None, ahead: int = 1, bright_field_index=None) -> RowReader:
-    """A :class:`ghostmap.counts.RowReader` of the blocks :func:`stream_rows` needs for scan rows
-    [start, stop), started at once.
+    """A :class:`ghostmap.counts.RowReader` that yields the network inputs of scan rows
+    [start, stop) (as :class:`ghostmap.inputs.NetworkInputs` returns them, None while a block
+    completes no row), started at once; what :func:`stream_rows` iterates.
 
-    Integer counts are reduced in NumPy in the reading thread; any other counts by
-    :meth:`Preprocessing.reduce` (torch), there too. Binning in the reading thread measured
+    Everything up to the network runs in the reading thread: integer counts are reduced in
+    NumPy, any other counts by :meth:`Preprocessing.reduce` (torch), then pooled across scan
+    rows, transformed and normalised in NumPy. Binning in the reading thread measured
     11.9-15.4 s end to end on the paper-size scan against 12.8-13.5 s with only the read there.
     """
-    n_cols = scan.scan_shape[1]
+    n_rows, n_cols = scan.scan_shape
+    stop = n_rows if stop is None else stop
     h, w = prep.output_shape(scan.detector_shape)
 
     def fallback(raw: np.ndarray) -> torch.Tensor:
@@ -416,8 +392,9 @@ def reader_for(scan, prep: Preprocessing, start: int = 0, stop: int | None = Non
         # pooling across scan columns never mixes scan rows, so it is done per block, here
         return _pool_axis(reduced, 1, prep.pool, prep.pool_mode) if prep.pool > 1 else reduced
 
+    stage = NetworkInputs(n_rows, start, stop, prep.pool, prep.pool_mode, prep.finishing())
     return scan_reader(scan, prep.count_reduction(), start, stop, rows_per_block,
-                       bright_field_index=bright_field_index, ahead=ahead, fallback=fallback)
+                       bright_field_index=bright_field_index, ahead=ahead, fallback=fallback, then=stage)
 
 
 def stream_rows(scan, prep: Preprocessing, start: int = 0, stop: int | None = None,
@@ -427,39 +404,20 @@ def stream_rows(scan, prep: Preprocessing, start: int = 0, stop: int | None = No
 
     Each scan row is read once; only the reduced rows that pooling still needs are kept,
     so memory stays bounded whatever the scan size. With ``prefetch`` the next block is read
-    and binned in a background thread. ``reader``: a reader already started by
+    and made into inputs in a background thread. ``reader``: a reader already started by
     :func:`reader_for` for the same rows (``rows_per_block`` and ``prefetch`` are then its own).
     """
-    n_rows, n_cols = scan.scan_shape
+    n_rows = scan.scan_shape[0]
     stop = n_rows if stop is None else stop
-    half = prep.pool // 2
-    lo, hi = max(0, start - half), min(n_rows, stop + half)
     if reader is None:
         reader = reader_for(scan, prep, start, stop, rows_per_block, ahead=int(prefetch))
-    elif not reader.blocks or reader.blocks[0][0] != lo or reader.blocks[-1][1] != hi \
-            or reader.reduction != prep.count_reduction():
-        raise ValueError(f"the reader given reads other rows or reduces otherwise than scan rows {start}-{stop} need")
-    h, w = prep.output_shape(scan.detector_shape)
-    # Memory: a block is binned and pooled across scan columns as it is read, its raw rows
-    # dropped at once; only the rows that pooling across scan rows still needs are kept, one
-    # tensor per scan row, and an output block's rows are pooled straight into one new tensor.
-    # A whole pooled window is never built (for 256 x 256 inputs that ran to hundreds of MB
-    # per scan row of 206 patterns).
-    kept: dict[int, torch.Tensor] = {}
-    next_out = start
-    for (b0, b1), pooled in reader:
-        pooled = torch.as_tensor(pooled)
-        kept.update((b0 + i, pooled[i]) for i in range(b1 - b0))
-        del pooled
-        ready = stop if b1 >= hi else min(stop, b1 - half)
-        if ready <= next_out:
-            continue
-        out = _pool_rows(kept, next_out, ready, lo, hi, half, prep.pool_mode)
-        yield next_out, ready, prep.finish(out.view(-1, h, w)).view(ready - next_out, n_cols, h, w)
-        del out
-        next_out = ready
-        for r in [r for r in kept if r < next_out - half]:
-            del kept[r]
+    elif (not isinstance(reader.then, NetworkInputs) or reader.reduction != prep.count_reduction()
+          or not reader.then.matches(start, stop, prep.pool, prep.pool_mode, prep.finishing())):
+        raise ValueError(f"the reader given reads other rows or preprocesses otherwise than scan rows {start}-{stop} need")
+    for _, made in reader:
+        if made is not None:
+            r0, r1, inputs = made
+            yield r0, r1, torch.from_numpy(inputs)
 
 
 def preprocess_rows(scan, start: int, stop: int, prep: Preprocessing) -> torch.Tensor:
