@@ -253,7 +253,7 @@ def test_cli_loop_simulate_sample_label_train_predict_evaluate(cli, tmp_path, mo
 
     # Model folder: safetensors weights + JSON description, no pickle.
     model_dir = tmp_path / "model"
-    assert sorted(p.name for p in model_dir.iterdir()) == ["model.json", "model.safetensors"]
+    assert sorted(p.name for p in model_dir.iterdir()) == ["model.json", "model.onnx", "model.safetensors"]
     meta = json.loads((model_dir / "model.json").read_text())
     assert set(meta["classes"]) == {"none", "vertical", "horizontal"}
     assert meta["classes"] == classes.tolist()
@@ -698,7 +698,8 @@ def test_predict_outputs_on_tiny_model(tiny):
 
 
 def test_predict_command_reading_ahead_gives_the_library_prediction(cli, tmp_path, tiny, monkeypatch):
-    """The command starts reading and binning before torch loads; the result is the library's, bit for bit."""
+    """The command starts reading and binning before torch loads; with torch the result is the library's,
+    bit for bit, and with ONNX Runtime (the default on the CPU) the same labels and probabilities to 1e-5."""
     import torch
 
     import ghostmap.cli
@@ -706,24 +707,63 @@ def test_predict_command_reading_ahead_gives_the_library_prediction(cli, tmp_pat
     from ghostmap.model import build_network
 
     torch.manual_seed(0)
-    prep = Preprocessing(bin=4, pool=3, bad_pixels=[(0, 1), (7, 7), (7, 8)])
-    model = Model(build_network("compact", 2, (16, 16)).eval(), ("vertical", "horizontal"), "compact", prep, (64, 64))
+    prep = Preprocessing(bin=2, pool=3, bad_pixels=[(0, 1), (7, 7), (7, 8)])
+    model = Model(build_network("compact", 2, (32, 32)).eval(), ("vertical", "horizontal"), "compact", prep, (64, 64))
     model.save(tmp_path / "model")
     expected = predict(tiny["scan"], model, device="cpu")
     started = []
     start_reading = ghostmap.cli._start_reading
     monkeypatch.setattr(ghostmap.cli, "_start_reading", lambda *a: started.append(start_reading(*a)) or started[-1])
-    for readahead in ("1", "300"):
-        r = cli("predict", tiny["scan"], "--model", tmp_path / "model", "--out", tmp_path / readahead,
-                "--readahead", readahead)
+    for readahead, engine in (("1", "torch"), ("300", "torch"), ("1", "auto"), ("300", "onnx")):
+        out = tmp_path / f"{readahead}-{engine}"
+        r = cli("predict", tiny["scan"], "--model", tmp_path / "model", "--out", out, "--readahead", readahead,
+                "--engine", engine)
         assert r.code == 0, r.text
         assert started[-1] is not None and started[-1].reduction == prep.count_reduction()
-        with np.load(tmp_path / readahead / "predictions.npz", allow_pickle=False) as npz:
+        with np.load(out / "predictions.npz", allow_pickle=False) as npz:
             np.testing.assert_array_equal(npz["labels"], expected.labels)
-            np.testing.assert_array_equal(npz["probabilities"], expected.probabilities)
             np.testing.assert_array_equal(npz["bright_field"], expected.bright_field)
+            if engine == "torch":
+                np.testing.assert_array_equal(npz["probabilities"], expected.probabilities)
+            else:
+                np.testing.assert_allclose(npz["probabilities"], expected.probabilities, atol=1e-5)
     r = cli("predict", tiny["scan"], "--model", tiny["model"], "--out", tmp_path / "0", "--readahead", "0")
     assert r.code == 2 and "readahead" in r.err
+
+
+def test_predict_on_the_cpu_never_imports_torch(tmp_path, tiny):
+    """The default engine on the CPU: ONNX Runtime, with reading, binning and inputs in NumPy."""
+    script = ("import sys\n"
+              "from ghostmap.cli import main\n"
+              "try:\n"
+              f"    main(['predict', {str(tiny['scan'])!r}, '--model', {str(tiny['model'])!r}, '--out', "
+              f"{str(tmp_path / 'out')!r}, '--device', 'cpu'])\n"
+              "except SystemExit as exc:\n"
+              "    assert not exc.code, exc.code\n"
+              "print('torch' in sys.modules)\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "False"
+    with np.load(tmp_path / "out" / "predictions.npz", allow_pickle=False) as got, \
+            np.load(tiny["results"] / "predictions.npz", allow_pickle=False) as before:
+        np.testing.assert_array_equal(got["labels"], before["labels"])
+
+
+def test_predict_engine_errors(cli, tmp_path, tiny):
+    import shutil
+
+    r = cli("predict", tiny["scan"], "--model", tiny["model"], "--out", tmp_path / "x", "--engine", "tensorrt")
+    assert r.code == 2 and "--engine" in r.err
+    old = tmp_path / "old-model"  # a model folder saved before model.onnx existed
+    shutil.copytree(tiny["model"], old)
+    (old / "model.onnx").unlink()
+    r = cli("predict", tiny["scan"], "--model", old, "--out", tmp_path / "y", "--engine", "onnx")
+    assert r.code == 1 and "model.onnx" in r.err and len(r.err.strip().splitlines()) == 1
+    r = cli("predict", tiny["scan"], "--model", old, "--out", tmp_path / "z")  # auto: torch does it
+    assert r.code == 0 and (tmp_path / "z" / "predictions.npz").exists()
+    r = cli("predict", tiny["scan"], "--model", tiny["model"], "--out", tmp_path / "w", "--engine", "onnx",
+            "--compile", "bf16")
+    assert r.code == 1 and "--compile" in r.err
 
 
 def test_domain_map_png_is_rgb(tiny):

@@ -126,7 +126,7 @@ def test_ensemble_round_trips_and_one_network_still_trains(small_scan, tmp_path)
     model.save(tmp_path / "ensemble")
     meta = json.loads((tmp_path / "ensemble" / "model.json").read_text())
     assert meta["members"] == 3 and sorted(p.name for p in (tmp_path / "ensemble").iterdir()) == [
-        "model.json", "model.safetensors"]
+        "model.json", "model.onnx", "model.safetensors"]
     loaded = Model.load(tmp_path / "ensemble")
     assert np.allclose(predict(scan, loaded).probabilities, predict(scan, model).probabilities, atol=1e-6)
 

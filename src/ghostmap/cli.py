@@ -306,6 +306,8 @@ def predict(
     scan_shape: Optional[str] = ScanShapeOpt,
     readahead: int = typer.Option(256, "--readahead", help="MB of binned scan rows that may wait for the network "
                                   "(local executor): reading starts before torch loads and runs this far ahead."),
+    engine: str = typer.Option("auto", "--engine", help="auto (default: ONNX Runtime on the CPU where the model folder "
+                               "has model.onnx, else PyTorch), onnx or torch. ONNX Runtime needs no torch at all."),
 ):
     """Classify every pattern and write the domain map; for several scans, follow the series."""
     from .modelfile import read_description
@@ -319,25 +321,35 @@ def predict(
         raise typer.BadParameter("must be at least 1", param_hint="--batch-size")
     if readahead < 1:
         raise typer.BadParameter("must be at least 1", param_hint="--readahead")
+    if engine not in ENGINES:
+        raise typer.BadParameter(f"choose one of {', '.join(ENGINES)}, not '{engine}'", param_hint="--engine")
     description = read_description(model_dir)  # checked without torch
     shape = _shape(scan_shape, "--scan-shape") if scan_shape else None
     if executor == "local" and not is_series(data, dataset):
         reuse_freed_memory()  # this command's own process only: the library leaves the allocator alone
+        _import_in_background("ghostmap.outputs")  # matplotlib (0.25 s) loads while the first rows are read
         step = Step(data[0], None, dataset, shape)
         with step.open() as scan:
             # the scan is read and binned in a background thread while torch and the model load
             reader = _start_reading(scan, description, readahead, model_dir)
             try:
-                from .model import Model
+                network = _onnx_network(model_dir, description, engine, device, compile_mode, batch_size, reader)
+                if network is not None:  # the CPU, without torch
+                    result = _predict_with_onnx(scan, reader, network, description, f"classifying {data[0].name}")
+                else:
+                    from .model import Model
 
-                model = Model.load(model_dir)
-                with _predictor(executor, scheduler, workers, batch_size, device, compile_mode) as predict_step:
-                    result = predict_step(step, scan, model, f"classifying {data[0].name}", reader=reader)
+                    model = Model.load(model_dir)
+                    with _predictor(executor, scheduler, workers, batch_size, device, compile_mode) as predict_step:
+                        result = predict_step(step, scan, model, f"classifying {data[0].name}", reader=reader)
             finally:
                 if reader is not None:
                     reader.close()
         _report_prediction(out_dir, result, data[0].name)
         return
+    if engine == "onnx":
+        raise GhostmapError("--engine onnx classifies one scan on this machine (the local executor), not a series "
+                            "or a Dask cluster")
     from .model import Model
 
     model = Model.load(model_dir)
@@ -358,6 +370,65 @@ def _report_prediction(out_dir: Path, result, name: str) -> None:
     out.print(f"classified {result.labels.size} patterns: {format_fractions(result.labels, result.classes)}")
     for p in paths.values():
         out.print(f"  {p}")
+
+
+def _import_in_background(module: str) -> None:
+    """Start importing ``module`` in a daemon thread; a later import of it waits for that one to finish."""
+    import importlib
+    import threading
+
+    def load():
+        try:
+            importlib.import_module(module)
+        except Exception:  # noqa: BLE001 - the import where the module is used reports it
+            pass
+
+    threading.Thread(target=load, name=f"import {module}", daemon=True).start()
+
+
+ENGINES = ("auto", "onnx", "torch")
+
+
+def _onnx_network(model_dir: Path, description: dict, engine: str, device, compile_mode: str, batch_size, reader):
+    """The model's network in ONNX Runtime where predict runs it so, else None (PyTorch then runs it).
+
+    ``auto``: on the CPU as it is (no --compile), where the model folder has a matching
+    model.onnx and the scan is read before torch would load. Without --device, a machine that
+    may have an NVIDIA GPU is left to torch, which picks CUDA where it sees one: finding out
+    for sure would mean importing torch, the cost this path avoids. ``onnx``: the same, or a
+    one-line error saying why not.
+    """
+    if engine == "torch":
+        return None
+    why = None
+    if compile_mode != "none":
+        why = "--compile is a PyTorch option"
+    elif device is not None and device != "cpu":
+        why = f"ONNX Runtime runs on the CPU here, not on '{device}'"
+    elif reader is None:
+        why = "the model does not fit this scan's detector or counts (ONNX Runtime reads integer counts binned at least 2 x 2)"
+    if why is None and engine == "auto" and device is None and (
+            os.path.exists("/dev/nvidia0") or os.path.exists("/proc/driver/nvidia")):
+        return None
+    if why is None:
+        from .runtime import OnnxNetwork
+
+        network = OnnxNetwork.from_folder(model_dir, description, batch_size=batch_size)
+        if network is not None:
+            return network
+        why = f"{model_dir} has no usable model.onnx (retrain or re-save the model) or ONNX Runtime is missing"
+    if engine == "onnx":
+        raise GhostmapError(f"--engine onnx: {why}")
+    return None
+
+
+def _predict_with_onnx(scan, reader, network, description: dict, title: str):
+    from .runtime import predict_with_onnx
+
+    with _progress() as progress:
+        task = progress.add_task(title, total=scan.n_patterns, info="patterns")
+        return predict_with_onnx(scan, reader, network, description["classes"],
+                                 progress=lambda done, total: progress.update(task, completed=done))
 
 
 def _start_reading(scan, description: dict, readahead: int, model_dir: Path):

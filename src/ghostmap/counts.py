@@ -60,6 +60,9 @@ def bin_counts(patterns: np.ndarray, b: int, chunk: int = 16, out: np.ndarray | 
     acc = np.int32 if patterns.dtype.kind == "i" else np.uint32
     if out is None:
         out = np.empty((n, h, w), np.float32)
+    if b == 1:
+        out[...] = patterns[:, :h, :w]
+        return out
     for i in range(0, n, chunk):
         x = patterns[i : i + chunk, : h * b, : w * b].reshape(-1, h, b, w * b)
         rows_summed = x[:, :, 0].astype(acc)
@@ -185,13 +188,14 @@ class CountReduction:
         return r0, c0, (r1 - r0) // self.bin, (c1 - c0) // self.bin
 
     def fits(self, patterns) -> bool:
-        """Whether :meth:`reduce` sums ``patterns`` exactly: NumPy integers of at most 16 bits, bin > 1."""
+        """Whether :meth:`reduce` sums ``patterns`` exactly: NumPy integers of at most 16 bits
+        (with bin 1 there is no sum: the counts only become float32, also exactly)."""
         return isinstance(patterns, np.ndarray) and self.fits_dtype(patterns.dtype)
 
     def fits_dtype(self, dtype) -> bool:
         """Whether counts of ``dtype`` are summed exactly here (see :meth:`fits`)."""
         dtype = np.dtype(dtype)
-        return dtype.kind in "iu" and dtype.itemsize <= 2 and self.bin > 1
+        return dtype.kind in "iu" and dtype.itemsize <= 2
 
     def reduce(self, patterns: np.ndarray) -> np.ndarray:
         """Raw integer counts (n, det_row, det_col) -> repaired, cropped, binned float32 (n, h, w)."""

@@ -1,7 +1,8 @@
 """A model folder's description, read and checked without importing torch.
 
 A model folder holds ``model.safetensors`` (the weights) and ``model.json`` (everything else,
-with the weights' SHA-256). :meth:`ghostmap.model.Model.load` builds the network from both;
+with the weights' SHA-256), and usually ``model.onnx``, the same network as an ONNX graph
+(its SHA-256 in the JSON too) that ``ghostmap predict`` runs on the CPU without torch. :meth:`ghostmap.model.Model.load` builds the network from both;
 this module only reads the JSON, so ``ghostmap predict`` can learn how to bin the scan and
 start reading it while torch is still loading.
 """
@@ -17,6 +18,7 @@ from .errors import GhostmapError
 __all__ = ["read_description", "read_reference"]
 
 WEIGHTS_FILE = "model.safetensors"
+ONNX_FILE = "model.onnx"  # the network as an ONNX graph, for ONNX Runtime (and tools such as Netron)
 REFERENCE_KEY = "preprocessing.reference"  # the reference pattern's entry in the weights file
 META_FILE = "model.json"
 FORMAT = "ghostmap-model"

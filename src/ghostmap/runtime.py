@@ -1,0 +1,156 @@
+"""Classify with ONNX Runtime, without torch: ``ghostmap predict``'s path on the CPU.
+
+Importing torch takes 1.7 s of one core here, a third of the time the paper-size scan may take
+at 2,000 patterns/s. A model folder holds its network as ``model.onnx`` too
+(:func:`ghostmap.model.export_onnx`); ONNX Runtime loads in 0.2 s and runs that graph as fast
+as torch runs the fused network (0.42-0.45 ms a pattern of 128 x 128 on one core, both). So
+``ghostmap predict`` on the CPU reads, bins and makes network inputs in NumPy
+(:mod:`ghostmap.counts`, :mod:`ghostmap.inputs`) and classifies here, never importing torch.
+Where there is no usable graph (an older model folder, a graph that does not match its JSON,
+ONNX Runtime missing) :meth:`OnnxNetwork.from_folder` gives None and torch does the work.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .modelfile import ONNX_FILE
+from .result import Prediction
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["OnnxNetwork", "predict_with_onnx"]
+
+# Patterns per run on the CPU. The compact network at 128 x 128, 2 threads: 0.21-0.25 ms a
+# pattern in runs of 16-38, 0.28-0.33 in runs of 64-128 (BENCHMARKS.md).
+DEFAULT_BATCH = 16
+
+
+class OnnxNetwork:
+    """A model folder's ``model.onnx`` in ONNX Runtime sessions on the CPU.
+
+    Parameters
+    ----------
+    graph : bytes
+        The ONNX graph (:func:`ghostmap.model.export_onnx`).
+    batch_size : int, optional
+        Patterns per run (default ``DEFAULT_BATCH``).
+    threads : int, optional
+        ONNX Runtime's threads (default: the cores this process may use). They sleep rather
+        than spin while they wait, so a reading thread keeps its core.
+
+    Example
+    -------
+    >>> from ghostmap.model import build_network, export_onnx   # doctest: +SKIP
+    >>> network = OnnxNetwork(export_onnx(build_network("compact", 3, (32, 32)), (32, 32)))  # doctest: +SKIP
+    >>> network.probabilities(np.zeros((5, 32, 32), np.float32)).shape  # doctest: +SKIP
+    (5, 3)
+    """
+
+    def __init__(self, graph: bytes, batch_size: int | None = None, threads: int | None = None):
+        import onnxruntime
+
+        self._ort, self.graph = onnxruntime, graph
+        self.threads = max(1, int(threads or len(os.sched_getaffinity(0))))
+        self.batch_size = int(batch_size or DEFAULT_BATCH)
+        self._sessions: dict[int, object] = {}
+        self._session(self.threads)  # a graph ONNX Runtime refuses fails here, not mid-scan
+
+    def _session(self, threads: int):
+        if threads not in self._sessions:
+            options = self._ort.SessionOptions()
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            self._sessions[threads] = self._ort.InferenceSession(self.graph, options, providers=["CPUExecutionProvider"])
+        return self._sessions[threads]
+
+    @classmethod
+    def from_folder(cls, directory: str | Path, description: dict, batch_size: int | None = None,
+                    threads: int | None = None) -> "OnnxNetwork | None":
+        """The folder's network, or None where it cannot run here: no ``model.onnx``, one whose
+        SHA-256 is not the one ``description`` (its checked ``model.json``) records, or no ONNX Runtime.
+
+        Example
+        -------
+        >>> OnnxNetwork.from_folder("no/such/model", {}) is None
+        True
+        """
+        path = Path(directory) / ONNX_FILE
+        expected = description.get("onnx_sha256")
+        if not expected or not path.is_file():
+            return None
+        graph = path.read_bytes()
+        if hashlib.sha256(graph).hexdigest() != expected:
+            logger.warning("%s does not belong to its model.json (checksum differs); predicting with torch", path)
+            return None
+        try:
+            return cls(graph, batch_size, threads)
+        except ImportError:
+            logger.info("ONNX Runtime is not installed; predicting with torch")
+        except Exception as exc:  # noqa: BLE001 - a graph ONNX Runtime refuses: torch still can
+            logger.warning("ONNX Runtime cannot run %s (%s); predicting with torch", path, str(exc).splitlines()[0][:200])
+        return None
+
+    def probabilities(self, inputs: np.ndarray, threads: int | None = None) -> np.ndarray:
+        """Class probabilities (n, C) float32 for network inputs (n, h, w) or (n, 1, h, w),
+        on ``threads`` threads (default: all of :attr:`threads`)."""
+        session = self._session(max(1, min(self.threads, threads or self.threads)))
+        name = session.get_inputs()[0].name
+        x = np.ascontiguousarray(inputs, np.float32).reshape(-1, 1, *inputs.shape[-2:])
+        parts = [session.run(None, {name: x[i : i + self.batch_size]})[0] for i in range(0, x.shape[0], self.batch_size)]
+        if not parts:
+            return np.zeros((0, 0), np.float32)
+        logits = np.concatenate(parts)
+        e = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def predict_with_onnx(scan, reader, network: OnnxNetwork, classes,
+                      progress: Callable[[int, int], None] | None = None) -> Prediction:
+    """Class probabilities for every pattern of ``scan``: what :func:`ghostmap.predict` gives, from
+    a reader that yields the whole scan's network inputs with the bright field (as ``ghostmap
+    predict`` starts one: :class:`ghostmap.counts.RowReader` with a
+    :class:`ghostmap.inputs.NetworkInputs` and a ``bright_field_index``) and an :class:`OnnxNetwork`.
+
+    Parameters
+    ----------
+    scan : Scan
+        The scan being read.
+    reader : RowReader
+        Its rows, read and made into network inputs.
+    network : OnnxNetwork
+        The model's network.
+    classes : sequence of str
+        The model's class names.
+    progress : callable, optional
+        ``progress(patterns_done, patterns_total)``, called after every block.
+
+    Returns
+    -------
+    Prediction
+    """
+    n_rows, n_cols = scan.scan_shape
+    probabilities = np.zeros((n_rows, n_cols, len(classes)), np.float32)
+    bright_field = np.zeros((n_rows, n_cols), np.float32)
+    try:
+        for _, made in reader:
+            if made is None:
+                continue
+            r0, r1, inputs = made
+            # one thread fewer while the reading thread still reads: it keeps a core of its own
+            # (paper-size scan: the network waited 1.2-1.4 s for the reader otherwise; BENCHMARKS.md)
+            threads = network.threads - 1 if reader.in_background and not reader.finished else None
+            probabilities[r0:r1] = network.probabilities(inputs, threads).reshape(r1 - r0, n_cols, -1)
+            bright_field[r0:r1] = np.stack([reader.bright_field.pop(i) for i in range(r0, r1)])
+            if progress:
+                progress(r1 * n_cols, n_rows * n_cols)
+    finally:
+        reader.close()
+    return Prediction(probabilities.argmax(-1).astype(np.int64), probabilities, tuple(classes), bright_field)

@@ -1,0 +1,98 @@
+"""ONNX Runtime classification: the exported graph gives torch's probabilities, and predict without torch."""
+
+import hashlib
+import json
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+import ghostmap as gm
+from ghostmap.analysis import bright_field_index_of
+from ghostmap.model import Model, build_network, export_onnx
+from ghostmap.modelfile import read_description
+from ghostmap.preprocessing import reader_for
+from ghostmap.runtime import OnnxNetwork, predict_with_onnx
+
+pytest.importorskip("onnxruntime")
+
+CLASSES = ("none", "vertical", "horizontal")
+
+
+def torch_probabilities(network, x):
+    with torch.inference_mode():
+        return torch.softmax(network.eval()(torch.from_numpy(x)[:, None]), 1).numpy()
+
+
+@pytest.mark.parametrize("arch,members", [("compact", 1), ("paper", 1), ("compact", 3)])
+def test_the_exported_graph_gives_the_networks_probabilities(arch, members):
+    torch.manual_seed(0)
+    network = build_network(arch, 3, (32, 32), members=members).eval()
+    x = np.random.default_rng(0).standard_normal((21, 32, 32)).astype(np.float32)
+    onnx_network = OnnxNetwork(export_onnx(network, (32, 32)), batch_size=8)  # runs of 8, 8 and 5
+    expected = torch_probabilities(network, x)
+    for threads in (1, 2):
+        got = onnx_network.probabilities(x, threads)
+        assert got.shape == (21, 3) and got.dtype == np.float32
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+        np.testing.assert_array_equal(got.argmax(1), expected.argmax(1))
+    assert network.training is False and export_onnx(network, (32, 32))  # exporting leaves the network as it was
+
+
+def saved_model(tmp_path, detector=64, prep=None):
+    torch.manual_seed(1)
+    prep = prep or gm.Preprocessing(bin=2, pool=3)
+    model = Model(build_network("compact", 3, prep.output_shape((detector, detector))).eval(), CLASSES, "compact",
+                  prep, (detector, detector))
+    return model, model.save(tmp_path / "model")
+
+
+def test_a_saved_model_carries_its_graph_and_its_checksum(tmp_path, caplog):
+    _, folder = saved_model(tmp_path)
+    description = read_description(folder)
+    graph = (folder / "model.onnx").read_bytes()
+    assert description["onnx_sha256"] == hashlib.sha256(graph).hexdigest()
+    assert isinstance(OnnxNetwork.from_folder(folder, description), OnnxNetwork)
+    (folder / "model.onnx").write_bytes(graph[:-1] + bytes([graph[-1] ^ 1]))  # damaged
+    with caplog.at_level(logging.WARNING, logger="ghostmap.runtime"):
+        assert OnnxNetwork.from_folder(folder, description) is None
+    assert "checksum" in caplog.text
+    (folder / "model.onnx").unlink()  # a model folder from before model.onnx existed
+    assert OnnxNetwork.from_folder(folder, description) is None
+
+
+def test_saving_without_a_graph_removes_the_stale_one(tmp_path, monkeypatch):
+    model, folder = saved_model(tmp_path)
+    (folder / "notes.txt").write_text("the user's own file")
+    monkeypatch.setattr("ghostmap.model.export_onnx", lambda network, shape: None)
+    model.save(folder)
+    assert sorted(p.name for p in folder.iterdir()) == ["model.json", "model.safetensors", "notes.txt"]
+    assert "onnx_sha256" not in json.loads((folder / "model.json").read_text())
+
+
+@pytest.mark.parametrize("subtract_mean", [False, True])
+def test_predict_with_onnx_gives_the_library_prediction(tmp_path, subtract_mean):
+    data, _ = gm.simulate_scan((7, 9), detector=64, seed=2)
+    scan = gm.as_scan(data)
+    prep = gm.fit_preprocessing(scan, bin=2, pool=3, subtract_mean=subtract_mean)
+    model, folder = saved_model(tmp_path, prep=prep)
+    expected = gm.predict(scan, model, device="cpu")
+    description = read_description(folder)
+    reader = reader_for(scan, Model.load(folder).preprocessing, bright_field_index=lambda raw: bright_field_index_of(raw[0]))
+    seen = []
+    got = predict_with_onnx(scan, reader, OnnxNetwork.from_folder(folder, description), description["classes"],
+                            progress=lambda done, total: seen.append((done, total)))
+    np.testing.assert_array_equal(got.labels, expected.labels)
+    np.testing.assert_allclose(got.probabilities, expected.probabilities, atol=1e-5)
+    np.testing.assert_array_equal(got.bright_field, expected.bright_field)
+    assert got.classes == CLASSES and seen[-1] == (63, 63)
+
+
+def test_a_network_the_exporter_refuses_leaves_torch_to_predict(tmp_path, caplog):
+    # the compact network pools 16 x 16 inputs to 2 x 2 before its 4 x 4 adaptive pool: no ONNX form
+    prep = gm.Preprocessing(bin=2, pool=1)
+    with caplog.at_level(logging.WARNING, logger="ghostmap.model"):
+        _, folder = saved_model(tmp_path, detector=32, prep=prep)
+    assert "could not be exported" in caplog.text and not (folder / "model.onnx").exists()
+    assert OnnxNetwork.from_folder(folder, read_description(folder)) is None
