@@ -84,6 +84,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="training epochs for the paper network only (its 400 default epochs take long on a CPU)")
     p.add_argument("--write", type=Path, default=ROOT / "BENCHMARKS.md",
                    help="Markdown file to update (default BENCHMARKS.md)")
+    p.add_argument("--engines", default="onnx,torch",
+                   help="predict's engines timed on the CPU, side by side (default onnx,torch; see --engine)")
     p.add_argument("--device", default=None,
                    help="comma-separated devices, e.g. cpu or cpu,cuda (default: cpu, plus cuda if available)")
     args = p.parse_args(argv)
@@ -96,6 +98,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args.scan_shape = (rows, cols)
     args.formats = [f.strip().lower() for f in args.formats.split(",") if f.strip()]
     args.archs = [a.strip() for a in args.archs.split(",") if a.strip()]
+    args.engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+    if not args.engines or set(args.engines) - {"onnx", "torch"}:
+        p.error(f"--engines takes onnx, torch; got {args.engines}")
     if not args.archs or set(args.archs) - set(ARCHS):
         p.error(f"--archs takes {', '.join(ARCHS)}; got {args.archs}")
     unknown = sorted(set(args.formats) - set(FORMATS))
@@ -352,17 +357,26 @@ def bench_read(args, path: Path, fmt: str, say) -> tuple[Row, float]:
     return Row("read pass (floor)", fmt, "-", runs[0].report["patterns"], seconds, rss), loop
 
 
-def bench_predict(args, path: Path, fmt: str, model: dict, say) -> tuple[Row, Path]:
+def with_onnx_graph(model_dir: Path, say) -> None:
+    """Give a model folder saved before model.onnx existed its graph (same weights), so that
+    --reuse-models times ONNX Runtime too; not timed."""
+    if not (model_dir / "model.onnx").is_file():
+        say(f"adding model.onnx to {model_dir} (same weights)")
+        measured([sys.executable, "-c", f"from ghostmap import Model; Model.load({str(model_dir)!r}).save({str(model_dir)!r})"],
+                 "re-saving the model")
+
+
+def bench_predict(args, path: Path, fmt: str, model: dict, engine: str, say) -> tuple[Row, Path]:
     arch, device = model["arch"], model["device"]
-    out_dir = args.workdir / "predictions" / f"{arch}-{device}-{fmt}"
+    out_dir = args.workdir / "predictions" / f"{arch}-{device}-{engine}-{fmt}"
     runs = []
     for i in range(args.repeats):
         runs.append(measured(ghostmap_cmd("predict", str(path), "--model", str(model["model"]), "--out", str(out_dir),
-                                          "--device", device), f"predict {arch} {fmt}"))
-        say(f"predict {arch} {fmt} {device} {i + 1}/{args.repeats}: {runs[-1].seconds:.2f} s")
+                                          "--device", device, "--engine", engine), f"predict {arch} {engine} {fmt}"))
+        say(f"predict {arch} {fmt} {device} {engine} {i + 1}/{args.repeats}: {runs[-1].seconds:.2f} s")
     seconds, rss = median_run(runs)
     rows, cols = args.scan_shape
-    return Row(f"ghostmap predict, {arch}", fmt, device, rows * cols, seconds, rss), out_dir
+    return Row(f"ghostmap predict, {arch}, {engine}", fmt, device, rows * cols, seconds, rss), out_dir
 
 
 def bench_baseline(args, path: Path, fmt: str, method: str, say) -> tuple[Row, Path]:
@@ -607,10 +621,13 @@ def main(argv: list[str]) -> None:
         floor[fmt] = read.seconds
         rows.append(read)
         for model in models:
-            row, out_dir = bench_predict(args, path, fmt, model, say)
-            rows.append(row)
-            key = f"{model['arch']} on {model['device']}"
-            same[key] = same.get(key, True) and same_predictions([model["predictions"], out_dir])
+            for engine in (args.engines if model["device"] == "cpu" else ["torch"]):
+                if engine == "onnx":
+                    with_onnx_graph(model["model"], say)
+                row, out_dir = bench_predict(args, path, fmt, model, engine, say)
+                rows.append(row)
+                key = f"{model['arch']} on {model['device']}"
+                same[key] = same.get(key, True) and same_predictions([model["predictions"], out_dir])
         if not args.skip_baselines:
             for method in ("vdf", "cluster"):
                 row, out_dir = bench_baseline(args, path, fmt, method, say)
@@ -657,8 +674,11 @@ def main(argv: list[str]) -> None:
         + "".join(f", {k}: {'yes' if same_predictions(d) else 'NO'}" for k, d in baseline_dirs.items()) + ".",
         "The start-up rows are a bare `python -c 'import ...'`: the first is what loading PyTorch and ghostmap's "
         "prediction costs; `ghostmap predict` starts reading and binning the scan in a background thread after only "
-        "the second (the command line, the torch-free reading and binning, the model's JSON) and imports torch "
-        "while that thread works; the third is what the read pass pays.",
+        "the second (the command line, the torch-free reading and binning, the model's JSON); with the onnx engine "
+        "(the default on the CPU) it never imports torch, with the torch engine it imports torch while that thread "
+        "works; the third is what the read pass pays.",
+        "Engines: `--engine onnx` runs the model folder's model.onnx in ONNX Runtime, `--engine torch` the "
+        "safetensors weights in PyTorch (batch norm folded); predictions of both are compared by their labels below.",
         "`ghostmap baseline` runs end to end (mean pattern, lattice, drift, one pass of sums; or PCA + k-means) "
         "and writes the same files as predict.",
     ]

@@ -24,10 +24,11 @@ import torch  # noqa: E402
 
 from ghostmap.analysis import bright_field_index  # noqa: E402
 from ghostmap.counts import bin_counts, pool_axis  # noqa: E402
-from ghostmap.model import Model, fused_for_inference  # noqa: E402
+from ghostmap.inputs import pool_rows  # noqa: E402
+from ghostmap.model import Model, export_onnx, fused_for_inference  # noqa: E402
 from ghostmap.prediction import default_batch_size  # noqa: E402
-from ghostmap.preprocessing import _pool_axis  # noqa: E402
 from ghostmap.reading import open_scan  # noqa: E402
+from ghostmap.runtime import OnnxNetwork  # noqa: E402
 
 DATA = Path(__file__).resolve().parent / "data"
 
@@ -41,14 +42,16 @@ def median_of(n, f):
     return sorted(times)[n // 2], result
 
 
-def start_up_seconds(repeats: int = 3) -> tuple[float, float]:
-    """Median seconds of a fresh process importing torch + ghostmap.prediction, and of one importing
-    only what reading needs (NumPy, ghostmap.counts, ghostmap.reading)."""
+def start_up_seconds(repeats: int = 3) -> tuple[float, float, float]:
+    """Median seconds of fresh processes importing what ``ghostmap predict`` needs on the CPU
+    (the command line, NumPy reading and inputs, ONNX Runtime), only what reading needs, and
+    torch + ghostmap.prediction (the torch engine)."""
     def run(code):
         return median_of(repeats, lambda: subprocess.run([sys.executable, "-c", code], check=True))[0]
 
-    return (run("import ghostmap.prediction, ghostmap.model"),
-            run("import ghostmap.counts, ghostmap.reading, ghostmap.modelfile"))
+    return (run("import ghostmap.cli, ghostmap.counts, ghostmap.inputs, ghostmap.runtime, onnxruntime"),
+            run("import ghostmap.counts, ghostmap.reading, ghostmap.modelfile"),
+            run("import ghostmap.prediction, ghostmap.model"))
 
 
 def main():
@@ -83,10 +86,13 @@ def main():
         args.repeats, lambda: counts.repair(flat, binned.copy()))
     reduced = counts.reduce(flat).reshape(r1 - r0, n_cols, h, w)
     steps["pool across scan columns"], _ = median_of(args.repeats, lambda: pool_axis(reduced, 1, prep.pool, prep.pool_mode))
-    t = torch.from_numpy(reduced)
-    steps["pool across scan rows"], pooled = median_of(args.repeats, lambda: _pool_axis(t, 0, prep.pool, prep.pool_mode))
-    steps["sqrt + normalise (finish)"], x = median_of(args.repeats, lambda: prep.finish(pooled.reshape(-1, h, w)))
-    x = x.reshape(-1, 1, h, w).contiguous(memory_format=torch.channels_last)
+    kept = dict(enumerate(reduced))
+    half = prep.pool // 2
+    steps["pool across scan rows"], pooled = median_of(
+        args.repeats, lambda: pool_rows(kept, 0, len(reduced), 0, len(reduced), half, prep.pool_mode))
+    finish = prep.finishing()
+    steps["sqrt + normalise (finish)"], inputs = median_of(args.repeats, lambda: finish(pooled.reshape(-1, h, w)))
+    x = torch.from_numpy(inputs).reshape(-1, 1, h, w).contiguous(memory_format=torch.channels_last)
 
     def run(net):
         with torch.inference_mode():
@@ -97,8 +103,10 @@ def main():
     plain = model.network.eval().to(memory_format=torch.channels_last)
     fused = fused_for_inference(model.network).to(memory_format=torch.channels_last)
     network_plain, _ = median_of(args.repeats, lambda: run(plain))
-    steps["network (fused for inference)"], _ = median_of(args.repeats, lambda: run(fused))
-    startup, reading_startup = start_up_seconds()
+    network_torch, _ = median_of(args.repeats, lambda: run(fused))
+    onnx = OnnxNetwork(export_onnx(model.network, model.input_shape), threads=1)
+    steps["network (ONNX Runtime)"], _ = median_of(args.repeats, lambda: onnx.probabilities(inputs))
+    startup, reading_startup, torch_startup = start_up_seconds()
 
     total_patterns = n_rows * n_cols
     budget = args.cores * total_patterns / args.rate
@@ -111,10 +119,12 @@ def main():
         per = seconds / n
         whole += per * total_patterns
         print(f"{name:38s} {per * 1e3:10.3f} {per * total_patterns:19.2f}")
-    print(f"{'(network before fusing, not counted)':38s} {network_plain / n * 1e3:10.3f} "
-          f"{network_plain / n * total_patterns:19.2f}")
-    print(f"{'start-up: import torch + ghostmap':38s} {'':10s} {startup:19.2f}")
+    for name, seconds in (("(network in torch, fused; not counted)", network_torch),
+                          ("(network in torch, unfused; not counted)", network_plain)):
+        print(f"{name:38s} {seconds / n * 1e3:10.3f} {seconds / n * total_patterns:19.2f}")
+    print(f"{'start-up: predict with ONNX Runtime':38s} {'':10s} {startup:19.2f}")
     print(f"{'(start-up of reading alone)':38s} {'':10s} {reading_startup:19.2f}")
+    print(f"{'(start-up with torch; not counted)':38s} {'':10s} {torch_startup:19.2f}")
     whole += startup
     print(f"{'total':38s} {'':10s} {whole:19.2f}")
     print(f"budget for {args.rate:,.0f} patterns/s on {args.cores} cores ({total_patterns} patterns): "

@@ -327,7 +327,6 @@ def predict(
     shape = _shape(scan_shape, "--scan-shape") if scan_shape else None
     if executor == "local" and not is_series(data, dataset):
         reuse_freed_memory()  # this command's own process only: the library leaves the allocator alone
-        _import_in_background("ghostmap.outputs")  # matplotlib (0.25 s) loads while the first rows are read
         step = Step(data[0], None, dataset, shape)
         with step.open() as scan:
             # the scan is read and binned in a background thread while torch and the model load
@@ -372,18 +371,28 @@ def _report_prediction(out_dir: Path, result, name: str) -> None:
         out.print(f"  {p}")
 
 
-def _import_in_background(module: str) -> None:
-    """Start importing ``module`` in a daemon thread; a later import of it waits for that one to finish."""
-    import importlib
-    import threading
+class _ProgressThenImport:
+    """``progress(done, total)`` for a bar's task that, at the first call, starts importing
+    ``ghostmap.outputs`` (matplotlib, 0.25 s) in a daemon thread: by then the network runs in
+    code that releases the GIL, so the import overlaps it instead of delaying the first rows."""
 
-    def load():
-        try:
-            importlib.import_module(module)
-        except Exception:  # noqa: BLE001 - the import where the module is used reports it
-            pass
+    def __init__(self, bar, task):
+        self.bar, self.task, self.started = bar, task, False
 
-    threading.Thread(target=load, name=f"import {module}", daemon=True).start()
+    def __call__(self, done: int, total: int) -> None:
+        if not self.started:
+            import importlib
+            import threading
+
+            def load():
+                try:
+                    importlib.import_module("ghostmap.outputs")
+                except Exception:  # noqa: BLE001 - the import where the module is used reports it
+                    pass
+
+            threading.Thread(target=load, name="import ghostmap.outputs", daemon=True).start()
+            self.started = True
+        self.bar.update(self.task, completed=done)
 
 
 ENGINES = ("auto", "onnx", "torch")
@@ -428,7 +437,7 @@ def _predict_with_onnx(scan, reader, network, description: dict, title: str):
     with _progress() as progress:
         task = progress.add_task(title, total=scan.n_patterns, info="patterns")
         return predict_with_onnx(scan, reader, network, description["classes"],
-                                 progress=lambda done, total: progress.update(task, completed=done))
+                                 progress=_ProgressThenImport(progress, task))
 
 
 def _start_reading(scan, description: dict, readahead: int, model_dir: Path):
@@ -519,7 +528,7 @@ class _predictor:
 
         with _progress() as progress:
             task = progress.add_task(description, total=scan.n_patterns, info="patterns")
-            report = lambda done, total: progress.update(task, completed=done)  # noqa: E731
+            report = _ProgressThenImport(progress, task)
             if self.client is None:
                 return predict_scan(scan, model, batch_size=self.batch_size, device=self.device, progress=report,
                                     compile=self.compile, reader=reader)
