@@ -367,7 +367,7 @@ def predict(
         A trained :class:`Model`, or the model folder to load it from.
     batch_size : int, optional
         The most patterns per forward pass; on the CPU capped to keep activations within
-        about 64 MB (see ``iter_predictions``). Default: chosen from that budget.
+        about 24 MB (see ``iter_predictions``). Default: chosen from that budget.
     device : str, optional
         ``"cpu"``, ``"cuda"``, ``"cuda:1"`` ...; default CUDA when available, else the CPU.
     rows_per_block : int, optional
