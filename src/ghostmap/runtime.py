@@ -57,7 +57,7 @@ class OnnxNetwork:
         import onnxruntime
 
         self._ort, self.graph = onnxruntime, graph
-        self.threads = max(1, int(threads or len(os.sched_getaffinity(0))))
+        self.threads = max(1, int(threads or _usable_cores()))
         self.batch_size = int(batch_size or DEFAULT_BATCH)
         self._sessions: dict[int, object] = {}
         self._session(self.threads)  # a graph ONNX Runtime refuses fails here, not mid-scan
@@ -110,6 +110,14 @@ class OnnxNetwork:
         logits = np.concatenate(parts)
         e = np.exp(logits - logits.max(axis=1, keepdims=True))
         return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def _usable_cores() -> int:
+    """The cores this process may run on (its affinity where the OS tells it, else all)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
 
 
 def predict_with_onnx(scan, reader, network: OnnxNetwork, classes,
