@@ -521,3 +521,25 @@ def test_mapped_rows_are_the_rows_and_say_when_the_file_is_cut_short(tmp_path):
     with pytest.raises(GhostmapError, match="truncated"):
         with scan.mapped_rows(2, 4):
             pass
+
+
+@pytest.mark.parametrize("layout", [dict(), dict(chunks=(1, 3, 8, 8)), dict(chunks=(2, 3, 8, 8)),
+                                    dict(chunks=(1, 3, 8, 8), compression="gzip"), dict(chunks=(1, 1, 8, 8)),
+                                    dict(chunks=(1, 3, 8, 8), dtype=">u2")])
+def test_mapped_rows_of_hdf5_are_the_rows_mapped_where_they_lie_plain_in_the_file(tmp_path, layout):
+    from ghostmap.io.base import _hdf5_extent
+
+    data = np.random.default_rng(1).poisson(3, (5, 3, 8, 8)).astype(np.uint16)
+    layout = dict(layout)
+    dtype = layout.pop("dtype", np.uint16)
+    with h5py.File(tmp_path / "scan.h5", "w") as f:
+        f.create_dataset("data", data=data.astype(dtype), **layout)
+    scan = open_scan(tmp_path / "scan.h5")
+    plain = "compression" not in layout and dtype == np.uint16 and layout.get("chunks", (1, 3))[1] == 3
+    row_bytes = 3 * 8 * 8 * 2
+    for start, stop in ((0, 1), (1, 2), (4, 5), (2, 4)):
+        in_one_chunk = "chunks" not in layout or start // layout["chunks"][0] == (stop - 1) // layout["chunks"][0]
+        assert (_hdf5_extent(scan.data, start, stop, row_bytes) is not None) == (plain and in_one_chunk)
+        with scan.mapped_rows(start, stop) as rows:
+            np.testing.assert_array_equal(rows, data[start:stop])
+    scan.close()
