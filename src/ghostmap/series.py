@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 import numpy as np
-from scipy import ndimage
 
 from .atomic import atomic_path, write_text
 from .errors import GhostmapError
@@ -80,6 +79,8 @@ def wall_centres(labels: np.ndarray, classes) -> np.ndarray:
         return np.zeros(labels.shape, bool)
     filled = labels
     if wall.any():
+        from scipy import ndimage  # here: ghostmap predict imports this module before it starts reading
+
         _, (iy, ix) = ndimage.distance_transform_edt(wall, return_indices=True)
         filled = labels[iy, ix]
     centre = np.zeros(labels.shape, bool)
@@ -122,6 +123,8 @@ def wall_shift(before: np.ndarray, after: np.ndarray, classes) -> float:
     a, b = wall_centres(before, classes), wall_centres(after, classes)
     if not a.any() or not b.any():
         return float("nan")
+    from scipy import ndimage
+
     to_a = ndimage.distance_transform_edt(~a)
     to_b = ndimage.distance_transform_edt(~b)
     return float(np.median(np.concatenate([to_a[b], to_b[a]])))
