@@ -199,3 +199,44 @@ def test_nuisance_augmentation_shifts_by_subpixels_and_keeps_patterns_standardis
     # the shift is given for a 128-px input, scales with the input, and is off below 128 px (where smoothing hurt)
     assert input_shift(1.0, (128, 128)) == 1.0 and input_shift(1.0, (256, 128)) == 2.0
     assert input_shift(0.5, (128, 64)) == 0.5 and input_shift(1.0, (64, 64)) == 0.0 == input_shift(1.0, (32, 32))
+
+
+def test_fold_temperature_calibrates_one_network_without_changing_its_classes(small_scan, tmp_path):
+    import json
+
+    from ghostmap.ensemble import expected_calibration_error
+    from ghostmap.model import Model
+
+    scan, truth = small_scan
+    labels, _ = label_loop(truth, 40, seed=0)
+    options = dict(seed=0, epochs=60)
+    plain = train(scan, labels, TrainingOptions(**options))
+    model = train(scan, labels, TrainingOptions(**options, calibration_folds=4))
+    m = model.metrics
+    assert "temperature" not in plain.metrics and float(plain.network.temperature) == 1.0
+    assert 0.25 <= m["temperature"] <= 8.0 and m["temperature"] != pytest.approx(1.0, abs=0.02)
+    assert float(model.network.temperature) == pytest.approx(m["temperature"], rel=1e-3)
+    assert m["cross_validated"] == len(labels) and 0 <= m["cv_accuracy"] <= 1
+    # the same network (the fold networks come after it): equal weights, so the temperature alone differs
+    assert all(torch.equal(a, b) for a, b in zip(plain.network.state_dict().values(),
+                                                 model.network.state_dict().values()))
+    before, after = predict(scan, plain), predict(scan, model)
+    assert np.array_equal(before.label_names(), after.label_names())  # classes never change
+    assert not np.allclose(before.probabilities, after.probabilities, atol=1e-3)
+    # held out: every position that is not a label, scored against the truth
+    held_out = np.ones(truth.shape, bool)
+    held_out[labels.y, labels.x] = False
+    right = (after.label_names() == truth)[held_out]
+    ece_before = expected_calibration_error(before.probabilities.max(-1)[held_out], right)[0]
+    ece_after = expected_calibration_error(after.probabilities.max(-1)[held_out], right)[0]
+    assert ece_after < ece_before
+    # the temperature travels in model.json (the weights file is unchanged) and is applied after loading
+    model.save(tmp_path / "m")
+    assert json.loads((tmp_path / "m" / "model.json").read_text())["metrics"]["temperature"] == m["temperature"]
+    loaded = Model.load(tmp_path / "m")
+    assert np.allclose(predict(scan, loaded).probabilities, after.probabilities, atol=1e-5)
+    meta = json.loads((tmp_path / "m" / "model.json").read_text())
+    meta["metrics"]["temperature"] = -1
+    (tmp_path / "m" / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(GhostmapError, match="temperature"):
+        Model.load(tmp_path / "m")

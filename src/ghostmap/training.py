@@ -96,6 +96,12 @@ class TrainingOptions:
         compact network, 0 for the paper's.
     clean_tail : float
         ``"final"``: share of the last epochs trained without ``shift`` and ``power``.
+    calibration_folds : int
+        ``"final"``: folds of the labels for the temperature that calibrates the network's
+        probabilities: one more network per fold, trained on the other folds, predicts the
+        labels it never saw, and the temperature is fitted to those predictions; 0 or 1: none.
+    calibration_effort : float
+        ``"final"``: each fold network trains for this share of the network's epochs.
 
     Examples
     --------
@@ -130,6 +136,10 @@ class TrainingOptions:
     shift: float | None = None
     power: float | None = None
     clean_tail: float = 0.15  # "final": share of the last epochs trained without shift and power
+    # "final": a temperature fitted to out-of-fold predictions of this many fold networks (0 or 1: none),
+    # each trained for calibration_effort of the epochs
+    calibration_folds: int = 0
+    calibration_effort: float = 1.0
 
 
 def stratified_split(y: np.ndarray, val_fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -518,11 +528,61 @@ def fit_single(inputs, targets, classes, options: TrainingOptions, progress=None
         logger.warning("the network fits only %.0f%% of its own labels (attempt %d of %d)%s", 100 * fit, attempt + 1,
                        options.refits + 1, "; training it again from a fresh start" if attempt < options.refits else "")
     network, fit, fit_loss, history = best
+    calibration = {}
+    if options.calibration_folds > 1:
+        temperature, calibration = fold_temperature(inputs, targets, classes, options, epochs)
+        network.temperature.fill_(temperature)
     metrics = {"members": 1, "n_train": int(len(everything)), "n_validation": 0, "epochs": epochs,
                "best_epoch": epochs, "checkpoint": "final", "val_loss": fit_loss, "val_accuracy": fit,
                "validation": "none: every label trained on; val_loss and val_accuracy are on the training labels",
-               "refits": len(fits) - 1, "fit_per_attempt": fits, "history": _rounded(history)}
+               "refits": len(fits) - 1, "fit_per_attempt": fits, **calibration, "history": _rounded(history)}
     return network, metrics
+
+
+def fold_temperature(inputs, targets, classes, options: TrainingOptions, epochs: int) -> tuple[float, dict]:
+    """The temperature that calibrates a network trained on every label, from out-of-fold predictions.
+
+    The labels are split into ``options.calibration_folds`` stratified folds; for each, a
+    network with the same recipe (``options.calibration_effort`` of the ``epochs``) trains on the
+    other folds and predicts the fold's clean patterns. :func:`ghostmap.ensemble.fit_temperature`
+    fits the temperature to these held-out logits: every label is predicted once by a network
+    that never saw it.
+
+    Returns
+    -------
+    float, dict
+        The temperature, and the metrics that describe it (``temperature``, ``calibration``,
+        ``cross_validated``, ``cv_accuracy``, ``cv_loss``, ``cv_loss_uncalibrated``).
+    """
+    k = int(min(options.calibration_folds, len(targets)))
+    device = pick_device(options.device)
+    rng = np.random.default_rng(refit_seed(options.seed, 1000))
+    folds = stratified_folds(targets.numpy(), k, rng)
+    swap = swap_pairs(classes) if options.augment else None
+    held_out = torch.zeros(len(targets), len(classes))
+    fold_epochs = max(1, int(round(options.calibration_effort * epochs)))
+    for fold in range(k):
+        train_idx = np.flatnonzero(folds != fold)
+        test_idx = np.flatnonzero(folds == fold)
+        if len(test_idx) == 0 or len(train_idx) == 0:
+            continue
+        seed = refit_seed(options.seed, 1000 + fold)
+        torch.manual_seed(seed)
+        gen = torch.Generator().manual_seed(seed)
+        net = build_network(options.arch, len(classes), tuple(inputs.shape[2:])).to(device, memory_format=CHANNELS_LAST)
+        optimiser, scheduler = make_optimiser(net, options, len(train_idx), fold_epochs, "cosine")
+        fit_epochs(net, inputs[train_idx], targets[train_idx], fold_epochs, options, optimiser, scheduler, swap, gen,
+                   _plain_loss, device, clean_from=fold_epochs - round(options.clean_tail * fold_epochs) + 1)
+        net.eval()
+        with torch.inference_mode():
+            held_out[test_idx] = net(inputs[test_idx].to(device)).float().cpu()
+    temperature = fit_temperature(held_out, targets)
+    cv_accuracy = float((held_out.argmax(1) == targets).float().mean())
+    logger.info("calibration: %d folds, out-of-fold accuracy %.3f, temperature %.2f", k, cv_accuracy, temperature)
+    return temperature, {"temperature": round(temperature, 4), "cross_validated": int(len(targets)),
+                         "calibration": f"temperature scaling on out-of-fold predictions of {k} fold networks",
+                         "cv_accuracy": cv_accuracy, "cv_loss": float(F.cross_entropy(held_out / temperature, targets)),
+                         "cv_loss_uncalibrated": float(F.cross_entropy(held_out, targets))}
 
 
 def refit_seed(seed: int, attempt: int) -> int:
