@@ -201,7 +201,7 @@ def test_nuisance_augmentation_shifts_by_subpixels_and_keeps_patterns_standardis
     assert input_shift(0.5, (128, 64)) == 0.5 and input_shift(1.0, (64, 64)) == 0.0 == input_shift(1.0, (32, 32))
 
 
-def test_fold_temperature_calibrates_one_network_without_changing_its_classes(small_scan, tmp_path):
+def test_scan_temperature_calibrates_one_network_without_changing_its_classes(small_scan, tmp_path):
     import json
 
     from ghostmap.ensemble import expected_calibration_error
@@ -210,14 +210,13 @@ def test_fold_temperature_calibrates_one_network_without_changing_its_classes(sm
     scan, truth = small_scan
     labels, _ = label_loop(truth, 40, seed=0)
     options = dict(seed=0, epochs=60)
-    plain = train(scan, labels, TrainingOptions(**options))
-    model = train(scan, labels, TrainingOptions(**options, calibration_folds=4))
+    plain = train(scan, labels, TrainingOptions(**options, calibration="none"))
+    model = train(scan, labels, TrainingOptions(**options))  # the default: calibrated on the scan
     m = model.metrics
     assert "temperature" not in plain.metrics and float(plain.network.temperature) == 1.0
     assert 0.25 <= m["temperature"] <= 8.0 and m["temperature"] != pytest.approx(1.0, abs=0.02)
-    assert float(model.network.temperature) == pytest.approx(m["temperature"], rel=1e-3)
-    assert m["cross_validated"] == len(labels) and 0 <= m["cv_accuracy"] <= 1
-    # the same network (the fold networks come after it): equal weights, so the temperature alone differs
+    assert float(model.network.temperature) == pytest.approx(m["temperature"]) and 0.5 < m["neighbour_agreement"] <= 1
+    # the same network: equal weights, so the temperature alone differs
     assert all(torch.equal(a, b) for a, b in zip(plain.network.state_dict().values(),
                                                  model.network.state_dict().values()))
     before, after = predict(scan, plain), predict(scan, model)
@@ -234,9 +233,23 @@ def test_fold_temperature_calibrates_one_network_without_changing_its_classes(sm
     model.save(tmp_path / "m")
     assert json.loads((tmp_path / "m" / "model.json").read_text())["metrics"]["temperature"] == m["temperature"]
     loaded = Model.load(tmp_path / "m")
-    assert np.allclose(predict(scan, loaded).probabilities, after.probabilities, atol=1e-5)
+    assert np.allclose(predict(scan, loaded).probabilities, after.probabilities, atol=1e-6)
     meta = json.loads((tmp_path / "m" / "model.json").read_text())
     meta["metrics"]["temperature"] = -1
     (tmp_path / "m" / "model.json").write_text(json.dumps(meta))
     with pytest.raises(GhostmapError, match="temperature"):
         Model.load(tmp_path / "m")
+    with pytest.raises(GhostmapError, match="calibration"):
+        train(scan, labels, TrainingOptions(calibration="guess"))
+
+
+def test_fold_temperature_fits_out_of_fold_predictions_and_keeps_the_classes(small_scan):
+    scan, truth = small_scan
+    labels, _ = label_loop(truth, 24, seed=1)
+    plain = train(scan, labels, TrainingOptions(seed=0, epochs=5, calibration="none"))
+    folds = train(scan, labels, TrainingOptions(seed=0, epochs=5, calibration="folds", calibration_folds=3,
+                                                calibration_effort=0.4))
+    m = folds.metrics
+    assert m["cross_validated"] == len(labels) and 0 <= m["cv_accuracy"] <= 1
+    assert 0.25 <= m["temperature"] <= 8.0 and float(folds.network.temperature) == pytest.approx(m["temperature"])
+    assert np.array_equal(predict(scan, plain).label_names(), predict(scan, folds).label_names())

@@ -18,6 +18,7 @@ a scan row, and so a drift or thickness the network would otherwise learn as the
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
 import time
@@ -96,12 +97,20 @@ class TrainingOptions:
         compact network, 0 for the paper's.
     clean_tail : float
         ``"final"``: share of the last epochs trained without ``shift`` and ``power``.
+    calibration : str, optional
+        One compact network: how its probabilities are calibrated (a temperature, which never
+        changes the winning class). ``"scan"`` classifies the training scan and fits the
+        temperature to the class each position's neighbours are predicted to be
+        (:func:`ghostmap.ensemble.scan_temperature`); ``"folds"`` fits it to out-of-fold
+        predictions of ``calibration_folds`` extra networks (:func:`fold_temperature`);
+        ``"none"``. None: ``"scan"`` for the compact network, ``"none"`` for the paper's.
     calibration_folds : int
-        ``"final"``: folds of the labels for the temperature that calibrates the network's
-        probabilities: one more network per fold, trained on the other folds, predicts the
-        labels it never saw, and the temperature is fitted to those predictions; 0 or 1: none.
+        ``calibration="folds"``: folds of the labels, one extra network each.
     calibration_effort : float
-        ``"final"``: each fold network trains for this share of the network's epochs.
+        ``calibration="folds"``: each fold network trains for this share of the epochs.
+    class_weights : str, optional
+        ``"balanced"``: the cross-entropy weights each class by the inverse of its share of the
+        labels (one network, final weights); None: unweighted.
 
     Examples
     --------
@@ -136,10 +145,14 @@ class TrainingOptions:
     shift: float | None = None
     power: float | None = None
     clean_tail: float = 0.15  # "final": share of the last epochs trained without shift and power
-    # "final": a temperature fitted to out-of-fold predictions of this many fold networks (0 or 1: none),
-    # each trained for calibration_effort of the epochs
-    calibration_folds: int = 0
-    calibration_effort: float = 1.0
+    # one compact network: "scan" (temperature from the training scan's neighbour consistency), "folds" or
+    # "none"; None: scan for compact, none for paper
+    calibration: str | None = None
+    class_weights: str | None = None  # "balanced": cross-entropy weighted by inverse class frequency
+    pseudo_labels: int = 0  # one network: a second round on the labels and this many sure positions of the scan
+    pseudo_epochs: int | None = None  # epochs of that second round; None: default_epochs of its labels
+    calibration_folds: int = 4  # "folds": out-of-fold predictions of this many extra networks,
+    calibration_effort: float = 1.0  # each trained for this share of the epochs
 
 
 def stratified_split(y: np.ndarray, val_fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -371,12 +384,101 @@ def train(
     else:
         network, metrics = fit_single(inputs, targets, classes, options, progress)
     network.eval().cpu()
+    model = Model(network, classes, options.arch, prep, tuple(scan.detector_shape), metrics)
+    if members == 1 and options.pseudo_labels > 0:
+        model = self_trained(scan, labels, model, inputs, targets, options, progress)
+        network, metrics = model.network, model.metrics
     metrics.update(label_fit_metrics(network, inputs, targets, classes))
+    if members == 1 and calibration_of(options) == "scan":
+        metrics.update(calibrate_on_scan(scan, model, options.device))
     metrics.update(n_labels=int(len(labels)), seconds=round(time.perf_counter() - start, 2), seed=options.seed,
                    augment=options.augment)
     if metrics["collapsed"]:
         logger.info("the model predicts '%s' for every labelled pattern", metrics["predicted_classes"][0])
-    return Model(network, classes, options.arch, prep, tuple(scan.detector_shape), metrics)
+    return model
+
+
+def pseudo_label_positions(probabilities: np.ndarray, labelled: np.ndarray, n: int,
+                           rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Up to ``n`` unlabelled positions whose predicted class is sure: (rows, cols, class indices).
+
+    A position qualifies when its predicted class is the one most of its 5 x 5 neighbours are
+    predicted to be and its probability is in the upper half of those of its class; each class
+    gets an equal share, drawn at random over the scan.
+    """
+    from .ensemble import neighbour_classes
+
+    classes = probabilities.argmax(-1)
+    confidence = probabilities.max(-1)
+    sure = (neighbour_classes(classes, probabilities.shape[-1]) == classes) & ~labelled
+    rows, cols, names = [], [], []
+    n_classes = probabilities.shape[-1]
+    for k in range(n_classes):
+        where = np.flatnonzero((sure & (classes == k)).ravel())
+        if len(where) == 0:
+            continue
+        conf = confidence.ravel()[where]
+        where = where[conf >= np.median(conf)]
+        take = rng.choice(where, size=min(len(where), n // n_classes), replace=False)
+        r, c = np.divmod(take, classes.shape[1])
+        rows.append(r), cols.append(c), names.append(np.full(len(take), k))
+    if not rows:
+        return np.empty(0, int), np.empty(0, int), np.empty(0, int)
+    return np.concatenate(rows), np.concatenate(cols), np.concatenate(names)
+
+
+def self_trained(scan, labels: Labels, model: Model, inputs, targets, options: TrainingOptions, progress=None) -> Model:
+    """A second network, trained on the labels and on pseudo-labels: positions the first is sure of."""
+    from .prediction import predict
+
+    probabilities = predict(scan, model, device=options.device).probabilities
+    labelled = np.zeros(scan.scan_shape, bool)
+    labelled[labels.y, labels.x] = True
+    rows, cols, pseudo = pseudo_label_positions(probabilities, labelled, options.pseudo_labels,
+                                                np.random.default_rng(refit_seed(options.seed, 2000)))
+    extra = preprocess_positions(scan, rows, cols, model.preprocessing).unsqueeze(1)
+    all_inputs = torch.cat([inputs, extra])
+    all_targets = torch.cat([targets, torch.as_tensor(pseudo, dtype=targets.dtype)])
+    second = dataclasses.replace(options, pseudo_labels=0, epochs=options.pseudo_epochs)
+    network, metrics = fit_single(all_inputs, all_targets, model.classes, second, progress)
+    network.eval().cpu()
+    first = {k: model.metrics.get(k) for k in ("epochs", "refits", "val_accuracy")}
+    metrics.update(pseudo_labels=int(len(pseudo)), first_round=first,
+                   pseudo_label_counts={c: int((pseudo == i).sum()) for i, c in enumerate(model.classes)})
+    return Model(network, model.classes, model.arch, model.preprocessing, model.detector_shape, metrics)
+
+
+def calibration_of(options: TrainingOptions) -> str:
+    """How one network's probabilities are calibrated: the option's, else ``"scan"`` for the compact network."""
+    calibration = options.calibration or ("scan" if options.arch == "compact" else "none")
+    if calibration not in ("scan", "folds", "none"):
+        raise GhostmapError(f"unknown calibration '{calibration}'; choose scan, folds or none")
+    if calibration != "none" and options.arch != "compact":
+        raise GhostmapError(f"calibration '{calibration}' is for the compact network; the paper's keeps none")
+    return calibration
+
+
+def calibrate_on_scan(scan, model: Model, device=None) -> dict:
+    """Classify the training scan with ``model`` (temperature 1) and set the temperature that
+    :func:`ghostmap.ensemble.scan_temperature` fits; returns the metrics that describe it.
+
+    No label is held out for this: the stand-in truth is the class most of each position's
+    5 x 5 neighbours are predicted to be, which holds wherever domains span several positions.
+    """
+    from .ensemble import neighbour_classes, scan_temperature
+    from .prediction import predict
+
+    model.network.temperature.fill_(1.0)
+    probabilities = predict(scan, model, device=device).probabilities
+    temperature = round(scan_temperature(probabilities), 4)
+    model.network.temperature.fill_(temperature)
+    classes = probabilities.argmax(-1)
+    agreement = float((neighbour_classes(classes, probabilities.shape[-1]) == classes).mean())
+    logger.info("calibration on the scan: temperature %.2f (%.1f%% of positions agree with their neighbours)",
+                temperature, 100 * agreement)
+    return {"temperature": temperature, "neighbour_agreement": round(agreement, 4),
+            "calibration": "temperature fitted on the training scan to the class of each position's 5 x 5 "
+                           "neighbours, then its square root (no label held out)"}
 
 
 def checked_labels(scan, labels) -> Labels:
@@ -478,6 +580,23 @@ def fit_epochs(network, inputs, targets, epochs: int, options: TrainingOptions, 
     return history
 
 
+def loss_for(options: TrainingOptions, targets: torch.Tensor, n_classes: int):
+    """The training loss: cross-entropy, with ``options.class_weights == "balanced"`` each class
+    weighted by the inverse of its share of the labels."""
+    if options.class_weights in (None, "none"):
+        return _plain_loss
+    if options.class_weights != "balanced":
+        raise GhostmapError(f"unknown class_weights '{options.class_weights}'; choose balanced or none")
+    counts = torch.bincount(targets, minlength=n_classes).float()
+    weight = torch.where(counts > 0, counts.sum() / (n_classes * counts.clamp_min(1)), torch.zeros(()))
+
+    def balanced(network, xb, yb, idx):
+        logits = network(xb)
+        return F.cross_entropy(logits, yb, weight=weight.to(logits.device)), logits.argmax(1)
+
+    return balanced
+
+
 def _plain_loss(network, xb, yb, idx):
     logits = network(xb)
     return F.cross_entropy(logits, yb), logits.argmax(1)
@@ -513,7 +632,8 @@ def fit_single(inputs, targets, classes, options: TrainingOptions, progress=None
         gen = torch.Generator().manual_seed(seed)
         network = build_network(options.arch, len(classes), tuple(inputs.shape[2:])).to(device, memory_format=CHANNELS_LAST)
         optimiser, scheduler = make_optimiser(network, options, len(everything), epochs, "cosine")
-        history = fit_epochs(network, inputs, targets, epochs, options, optimiser, scheduler, swap, gen, _plain_loss,
+        history = fit_epochs(network, inputs, targets, epochs, options, optimiser, scheduler, swap, gen,
+                             loss_for(options, targets, len(classes)),
                              device, progress, clean_from=epochs - round(options.clean_tail * epochs) + 1)
         network.eval()
         with torch.inference_mode():
@@ -529,7 +649,7 @@ def fit_single(inputs, targets, classes, options: TrainingOptions, progress=None
                        options.refits + 1, "; training it again from a fresh start" if attempt < options.refits else "")
     network, fit, fit_loss, history = best
     calibration = {}
-    if options.calibration_folds > 1:
+    if calibration_of(options) == "folds":
         temperature, calibration = fold_temperature(inputs, targets, classes, options, epochs)
         network.temperature.fill_(temperature)
     metrics = {"members": 1, "n_train": int(len(everything)), "n_validation": 0, "epochs": epochs,
@@ -576,10 +696,10 @@ def fold_temperature(inputs, targets, classes, options: TrainingOptions, epochs:
         net.eval()
         with torch.inference_mode():
             held_out[test_idx] = net(inputs[test_idx].to(device)).float().cpu()
-    temperature = fit_temperature(held_out, targets)
+    temperature = round(fit_temperature(held_out, targets), 4)
     cv_accuracy = float((held_out.argmax(1) == targets).float().mean())
     logger.info("calibration: %d folds, out-of-fold accuracy %.3f, temperature %.2f", k, cv_accuracy, temperature)
-    return temperature, {"temperature": round(temperature, 4), "cross_validated": int(len(targets)),
+    return temperature, {"temperature": temperature, "cross_validated": int(len(targets)),
                          "calibration": f"temperature scaling on out-of-fold predictions of {k} fold networks",
                          "cv_accuracy": cv_accuracy, "cv_loss": float(F.cross_entropy(held_out / temperature, targets)),
                          "cv_loss_uncalibrated": float(F.cross_entropy(held_out, targets))}
