@@ -13,6 +13,7 @@ from ghostmap.training import (
     TrainingOptions,
     augment_batch,
     input_shift,
+    loss_for,
     nuisance_batch,
     nuisance_of,
     refit_seed,
@@ -253,3 +254,21 @@ def test_fold_temperature_fits_out_of_fold_predictions_and_keeps_the_classes(sma
     assert m["cross_validated"] == len(labels) and 0 <= m["cv_accuracy"] <= 1
     assert 0.25 <= m["temperature"] <= 8.0 and float(folds.network.temperature) == pytest.approx(m["temperature"])
     assert np.array_equal(predict(scan, plain).label_names(), predict(scan, folds).label_names())
+
+
+def test_balanced_loss_weights_each_class_by_its_rarity_and_is_the_compact_default():
+    targets = torch.tensor([0, 0, 0, 1])  # class 1 has a quarter of the labels: weight 2, class 0 2/3
+
+    def network(x):
+        return torch.tensor([[2.0, 0.0]]).repeat(len(x), 1)
+
+    x, y = torch.zeros(2, 1, 4, 4), torch.tensor([0, 1])
+    each = torch.nn.functional.cross_entropy(network(x), y, reduction="none")
+    balanced, _ = loss_for(TrainingOptions(), targets, 2)(network, x, y, None)
+    plain, _ = loss_for(TrainingOptions(class_weights="none"), targets, 2)(network, x, y, None)
+    assert float(plain) == pytest.approx(float(each.mean()))
+    assert float(balanced) == pytest.approx(float((2 / 3 * each[0] + 2 * each[1]) / (2 / 3 + 2)))
+    paper, _ = loss_for(TrainingOptions(arch="paper"), targets, 2)(network, x, y, None)
+    assert float(paper) == pytest.approx(float(plain))  # the paper's recipe stays unweighted
+    with pytest.raises(GhostmapError, match="class_weights"):
+        loss_for(TrainingOptions(class_weights="square"), targets, 2)
