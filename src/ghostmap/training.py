@@ -18,7 +18,6 @@ a scan row, and so a drift or thickness the network would otherwise learn as the
 from __future__ import annotations
 
 import copy
-import dataclasses
 import logging
 import math
 import time
@@ -154,8 +153,6 @@ class TrainingOptions:
     # "final": "balanced" (cross-entropy weighted by inverse class frequency) or "none"; None: balanced for
     # compact, none for paper
     class_weights: str | None = None
-    pseudo_labels: int = 0  # one network: a second round on the labels and this many sure positions of the scan
-    pseudo_epochs: int | None = None  # epochs of that second round; None: default_epochs of its labels
     calibration_folds: int = 4  # "folds": out-of-fold predictions of this many extra networks,
     calibration_effort: float = 1.0  # each trained for this share of the epochs
 
@@ -389,11 +386,8 @@ def train(
     else:
         network, metrics = fit_single(inputs, targets, classes, options, progress)
     network.eval().cpu()
-    model = Model(network, classes, options.arch, prep, tuple(scan.detector_shape), metrics)
-    if members == 1 and options.pseudo_labels > 0:
-        model = self_trained(scan, labels, model, inputs, targets, options, progress)
-        network, metrics = model.network, model.metrics
     metrics.update(label_fit_metrics(network, inputs, targets, classes))
+    model = Model(network, classes, options.arch, prep, tuple(scan.detector_shape), metrics)
     if members == 1 and calibration_of(options) == "scan":
         metrics.update(calibrate_on_scan(scan, model, options.device))
     metrics.update(n_labels=int(len(labels)), seconds=round(time.perf_counter() - start, 2), seed=options.seed,
@@ -401,56 +395,6 @@ def train(
     if metrics["collapsed"]:
         logger.info("the model predicts '%s' for every labelled pattern", metrics["predicted_classes"][0])
     return model
-
-
-def pseudo_label_positions(probabilities: np.ndarray, labelled: np.ndarray, n: int,
-                           rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Up to ``n`` unlabelled positions whose predicted class is sure: (rows, cols, class indices).
-
-    A position qualifies when its predicted class is the one most of its 5 x 5 neighbours are
-    predicted to be and its probability is in the upper half of those of its class; each class
-    gets an equal share, drawn at random over the scan.
-    """
-    from .ensemble import neighbour_classes
-
-    classes = probabilities.argmax(-1)
-    confidence = probabilities.max(-1)
-    sure = (neighbour_classes(classes, probabilities.shape[-1]) == classes) & ~labelled
-    rows, cols, names = [], [], []
-    n_classes = probabilities.shape[-1]
-    for k in range(n_classes):
-        where = np.flatnonzero((sure & (classes == k)).ravel())
-        if len(where) == 0:
-            continue
-        conf = confidence.ravel()[where]
-        where = where[conf >= np.median(conf)]
-        take = rng.choice(where, size=min(len(where), n // n_classes), replace=False)
-        r, c = np.divmod(take, classes.shape[1])
-        rows.append(r), cols.append(c), names.append(np.full(len(take), k))
-    if not rows:
-        return np.empty(0, int), np.empty(0, int), np.empty(0, int)
-    return np.concatenate(rows), np.concatenate(cols), np.concatenate(names)
-
-
-def self_trained(scan, labels: Labels, model: Model, inputs, targets, options: TrainingOptions, progress=None) -> Model:
-    """A second network, trained on the labels and on pseudo-labels: positions the first is sure of."""
-    from .prediction import predict
-
-    probabilities = predict(scan, model, device=options.device).probabilities
-    labelled = np.zeros(scan.scan_shape, bool)
-    labelled[labels.y, labels.x] = True
-    rows, cols, pseudo = pseudo_label_positions(probabilities, labelled, options.pseudo_labels,
-                                                np.random.default_rng(refit_seed(options.seed, 2000)))
-    extra = preprocess_positions(scan, rows, cols, model.preprocessing).unsqueeze(1)
-    all_inputs = torch.cat([inputs, extra])
-    all_targets = torch.cat([targets, torch.as_tensor(pseudo, dtype=targets.dtype)])
-    second = dataclasses.replace(options, pseudo_labels=0, epochs=options.pseudo_epochs)
-    network, metrics = fit_single(all_inputs, all_targets, model.classes, second, progress)
-    network.eval().cpu()
-    first = {k: model.metrics.get(k) for k in ("epochs", "refits", "val_accuracy")}
-    metrics.update(pseudo_labels=int(len(pseudo)), first_round=first,
-                   pseudo_label_counts={c: int((pseudo == i).sum()) for i, c in enumerate(model.classes)})
-    return Model(network, model.classes, model.arch, model.preprocessing, model.detector_shape, metrics)
 
 
 def calibration_of(options: TrainingOptions) -> str:
