@@ -244,18 +244,6 @@ def test_scan_temperature_calibrates_one_network_without_changing_its_classes(sm
         train(scan, labels, TrainingOptions(calibration="guess"))
 
 
-def test_fold_temperature_fits_out_of_fold_predictions_and_keeps_the_classes(small_scan):
-    scan, truth = small_scan
-    labels, _ = label_loop(truth, 24, seed=1)
-    plain = train(scan, labels, TrainingOptions(seed=0, epochs=5, calibration="none"))
-    folds = train(scan, labels, TrainingOptions(seed=0, epochs=5, calibration="folds", calibration_folds=3,
-                                                calibration_effort=0.4))
-    m = folds.metrics
-    assert m["cross_validated"] == len(labels) and 0 <= m["cv_accuracy"] <= 1
-    assert 0.25 <= m["temperature"] <= 8.0 and float(folds.network.temperature) == pytest.approx(m["temperature"])
-    assert np.array_equal(predict(scan, plain).label_names(), predict(scan, folds).label_names())
-
-
 def test_balanced_loss_weights_each_class_by_its_rarity_and_is_the_compact_default():
     targets = torch.tensor([0, 0, 0, 1])  # class 1 has a quarter of the labels: weight 2, class 0 2/3
 

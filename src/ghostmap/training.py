@@ -100,13 +100,8 @@ class TrainingOptions:
         One compact network: how its probabilities are calibrated (a temperature, which never
         changes the winning class). ``"scan"`` classifies the training scan and fits the
         temperature to the class each position's neighbours are predicted to be
-        (:func:`ghostmap.ensemble.scan_temperature`); ``"folds"`` fits it to out-of-fold
-        predictions of ``calibration_folds`` extra networks (:func:`fold_temperature`);
-        ``"none"``. None: ``"scan"`` for the compact network, ``"none"`` for the paper's.
-    calibration_folds : int
-        ``calibration="folds"``: folds of the labels, one extra network each.
-    calibration_effort : float
-        ``calibration="folds"``: each fold network trains for this share of the epochs.
+        (:func:`ghostmap.ensemble.scan_temperature`); ``"none"``. None: ``"scan"`` for the
+        compact network, ``"none"`` for the paper's.
     class_weights : str, optional
         ``"final"``: ``"balanced"`` weights each class's cross-entropy by the inverse of its share
         of the labels, ``"none"`` not; None: balanced for the compact network, none for the
@@ -147,14 +142,12 @@ class TrainingOptions:
     shift: float | None = None
     power: float | None = None
     clean_tail: float = 0.15  # "final": share of the last epochs trained without shift and power
-    # one compact network: "scan" (temperature from the training scan's neighbour consistency), "folds" or
-    # "none"; None: scan for compact, none for paper
+    # one compact network: "scan" (temperature from the training scan's neighbour consistency) or "none";
+    # None: scan for compact, none for paper
     calibration: str | None = None
     # "final": "balanced" (cross-entropy weighted by inverse class frequency) or "none"; None: balanced for
     # compact, none for paper
     class_weights: str | None = None
-    calibration_folds: int = 4  # "folds": out-of-fold predictions of this many extra networks,
-    calibration_effort: float = 1.0  # each trained for this share of the epochs
 
 
 def stratified_split(y: np.ndarray, val_fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -400,8 +393,8 @@ def train(
 def calibration_of(options: TrainingOptions) -> str:
     """How one network's probabilities are calibrated: the option's, else ``"scan"`` for the compact network."""
     calibration = options.calibration or ("scan" if options.arch == "compact" else "none")
-    if calibration not in ("scan", "folds", "none"):
-        raise GhostmapError(f"unknown calibration '{calibration}'; choose scan, folds or none")
+    if calibration not in ("scan", "none"):
+        raise GhostmapError(f"unknown calibration '{calibration}'; choose scan or none")
     if calibration != "none" and options.arch != "compact":
         raise GhostmapError(f"calibration '{calibration}' is for the compact network; the paper's keeps none")
     return calibration
@@ -598,61 +591,11 @@ def fit_single(inputs, targets, classes, options: TrainingOptions, progress=None
         logger.warning("the network fits only %.0f%% of its own labels (attempt %d of %d)%s", 100 * fit, attempt + 1,
                        options.refits + 1, "; training it again from a fresh start" if attempt < options.refits else "")
     network, fit, fit_loss, history = best
-    calibration = {}
-    if calibration_of(options) == "folds":
-        temperature, calibration = fold_temperature(inputs, targets, classes, options, epochs)
-        network.temperature.fill_(temperature)
     metrics = {"members": 1, "n_train": int(len(everything)), "n_validation": 0, "epochs": epochs,
                "best_epoch": epochs, "checkpoint": "final", "val_loss": fit_loss, "val_accuracy": fit,
                "validation": "none: every label trained on; val_loss and val_accuracy are on the training labels",
-               "refits": len(fits) - 1, "fit_per_attempt": fits, **calibration, "history": _rounded(history)}
+               "refits": len(fits) - 1, "fit_per_attempt": fits, "history": _rounded(history)}
     return network, metrics
-
-
-def fold_temperature(inputs, targets, classes, options: TrainingOptions, epochs: int) -> tuple[float, dict]:
-    """The temperature that calibrates a network trained on every label, from out-of-fold predictions.
-
-    The labels are split into ``options.calibration_folds`` stratified folds; for each, a
-    network with the same recipe (``options.calibration_effort`` of the ``epochs``) trains on the
-    other folds and predicts the fold's clean patterns. :func:`ghostmap.ensemble.fit_temperature`
-    fits the temperature to these held-out logits: every label is predicted once by a network
-    that never saw it.
-
-    Returns
-    -------
-    float, dict
-        The temperature, and the metrics that describe it (``temperature``, ``calibration``,
-        ``cross_validated``, ``cv_accuracy``, ``cv_loss``, ``cv_loss_uncalibrated``).
-    """
-    k = int(min(options.calibration_folds, len(targets)))
-    device = pick_device(options.device)
-    rng = np.random.default_rng(refit_seed(options.seed, 1000))
-    folds = stratified_folds(targets.numpy(), k, rng)
-    swap = swap_pairs(classes) if options.augment else None
-    held_out = torch.zeros(len(targets), len(classes))
-    fold_epochs = max(1, int(round(options.calibration_effort * epochs)))
-    for fold in range(k):
-        train_idx = np.flatnonzero(folds != fold)
-        test_idx = np.flatnonzero(folds == fold)
-        if len(test_idx) == 0 or len(train_idx) == 0:
-            continue
-        seed = refit_seed(options.seed, 1000 + fold)
-        torch.manual_seed(seed)
-        gen = torch.Generator().manual_seed(seed)
-        net = build_network(options.arch, len(classes), tuple(inputs.shape[2:])).to(device, memory_format=CHANNELS_LAST)
-        optimiser, scheduler = make_optimiser(net, options, len(train_idx), fold_epochs, "cosine")
-        fit_epochs(net, inputs[train_idx], targets[train_idx], fold_epochs, options, optimiser, scheduler, swap, gen,
-                   loss_for(options, targets[train_idx], len(classes)), device, clean_from=fold_epochs - round(options.clean_tail * fold_epochs) + 1)
-        net.eval()
-        with torch.inference_mode():
-            held_out[test_idx] = net(inputs[test_idx].to(device)).float().cpu()
-    temperature = round(fit_temperature(held_out, targets), 4)
-    cv_accuracy = float((held_out.argmax(1) == targets).float().mean())
-    logger.info("calibration: %d folds, out-of-fold accuracy %.3f, temperature %.2f", k, cv_accuracy, temperature)
-    return temperature, {"temperature": temperature, "cross_validated": int(len(targets)),
-                         "calibration": f"temperature scaling on out-of-fold predictions of {k} fold networks",
-                         "cv_accuracy": cv_accuracy, "cv_loss": float(F.cross_entropy(held_out / temperature, targets)),
-                         "cv_loss_uncalibrated": float(F.cross_entropy(held_out, targets))}
 
 
 def refit_seed(seed: int, attempt: int) -> int:
