@@ -67,8 +67,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def option_value(text: str):
-    """``--set`` values: int, float, bool or None when they read as one, else the string."""
-    if text in ("None", "none"):
+    """``--set`` values: int, float, bool or None (``None``) when they read as one, else the string
+    (so ``--set class_weights=none`` passes the option's own ``"none"``)."""
+    if text == "None":
         return None
     if text in ("True", "False", "true", "false"):
         return text.lower() == "true"
