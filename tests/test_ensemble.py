@@ -81,3 +81,32 @@ def test_members_are_independent_networks():
     assert torch.equal(before[:, 1:], after[:, 1:])
     # each member has the compact network's parameter count
     assert sum(p.numel() for p in net.parameters()) == 3 * sum(p.numel() for p in CompactNet(2, (32, 32)).parameters())
+
+
+def test_neighbour_classes_vote_without_the_position_itself():
+    from ghostmap.ensemble import neighbour_classes
+
+    classes = np.zeros((7, 9), np.int64)
+    classes[:, 5:] = 2
+    classes[3, 2] = 1  # an isolated odd position: its neighbours outvote it
+    voted = neighbour_classes(classes, 3, radius=2)
+    assert voted[3, 2] == 0 and voted[0, 0] == 0 and voted[6, 8] == 2
+    assert (voted[:, :4] == 0).all() and (voted[:, 6:] == 2).all()
+
+
+def test_scan_temperature_sharpens_timid_maps_and_softens_confidently_wrong_positions():
+    from ghostmap.ensemble import scan_temperature
+
+    rng = np.random.default_rng(0)
+    classes = np.zeros((20, 30), np.int64)
+    classes[:, 15:] = 1
+    timid = np.where(np.eye(2, dtype=bool)[classes], 0.8, 0.2)  # all right, at 80 %
+    assert scan_temperature(timid) < 0.8
+    wrong = classes.copy()
+    flip = rng.random(classes.shape) < 0.15  # 15 % isolated errors, each at 99 %
+    wrong[flip] = 1 - wrong[flip]
+    sure = np.where(np.eye(2, dtype=bool)[wrong], 0.99, 0.01)
+    assert scan_temperature(sure) > 1.2
+    # the fitted temperature is shrunk towards 1 by the exponent
+    assert scan_temperature(sure, shrink=1.0) == pytest.approx(scan_temperature(sure) ** 2, rel=1e-3)
+    assert scan_temperature(sure, shrink=0.0) == 1.0

@@ -13,6 +13,7 @@ from ghostmap.training import (
     TrainingOptions,
     augment_batch,
     input_shift,
+    loss_for,
     nuisance_batch,
     nuisance_of,
     refit_seed,
@@ -199,3 +200,63 @@ def test_nuisance_augmentation_shifts_by_subpixels_and_keeps_patterns_standardis
     # the shift is given for a 128-px input, scales with the input, and is off below 128 px (where smoothing hurt)
     assert input_shift(1.0, (128, 128)) == 1.0 and input_shift(1.0, (256, 128)) == 2.0
     assert input_shift(0.5, (128, 64)) == 0.5 and input_shift(1.0, (64, 64)) == 0.0 == input_shift(1.0, (32, 32))
+
+
+def test_scan_temperature_calibrates_one_network_without_changing_its_classes(small_scan, tmp_path):
+    import json
+
+    from ghostmap.ensemble import expected_calibration_error
+    from ghostmap.model import Model
+
+    scan, truth = small_scan
+    labels, _ = label_loop(truth, 40, seed=0)
+    options = dict(seed=0, epochs=60)
+    plain = train(scan, labels, TrainingOptions(**options, calibration="none"))
+    model = train(scan, labels, TrainingOptions(**options))  # the default: calibrated on the scan
+    m = model.metrics
+    assert "temperature" not in plain.metrics and float(plain.network.temperature) == 1.0
+    assert 0.25 <= m["temperature"] <= 8.0 and m["temperature"] != pytest.approx(1.0, abs=0.02)
+    assert float(model.network.temperature) == pytest.approx(m["temperature"]) and 0.5 < m["neighbour_agreement"] <= 1
+    # the same network: equal weights, so the temperature alone differs
+    assert all(torch.equal(a, b) for a, b in zip(plain.network.state_dict().values(),
+                                                 model.network.state_dict().values()))
+    before, after = predict(scan, plain), predict(scan, model)
+    assert np.array_equal(before.label_names(), after.label_names())  # classes never change
+    assert not np.allclose(before.probabilities, after.probabilities, atol=1e-3)
+    # held out: every position that is not a label, scored against the truth
+    held_out = np.ones(truth.shape, bool)
+    held_out[labels.y, labels.x] = False
+    right = (after.label_names() == truth)[held_out]
+    ece_before = expected_calibration_error(before.probabilities.max(-1)[held_out], right)[0]
+    ece_after = expected_calibration_error(after.probabilities.max(-1)[held_out], right)[0]
+    assert ece_after < ece_before
+    # the temperature travels in model.json (the weights file is unchanged) and is applied after loading
+    model.save(tmp_path / "m")
+    assert json.loads((tmp_path / "m" / "model.json").read_text())["metrics"]["temperature"] == m["temperature"]
+    loaded = Model.load(tmp_path / "m")
+    assert np.allclose(predict(scan, loaded).probabilities, after.probabilities, atol=1e-6)
+    meta = json.loads((tmp_path / "m" / "model.json").read_text())
+    meta["metrics"]["temperature"] = -1
+    (tmp_path / "m" / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(GhostmapError, match="temperature"):
+        Model.load(tmp_path / "m")
+    with pytest.raises(GhostmapError, match="calibration"):
+        train(scan, labels, TrainingOptions(calibration="guess"))
+
+
+def test_balanced_loss_weights_each_class_by_its_rarity_and_is_the_compact_default():
+    targets = torch.tensor([0, 0, 0, 1])  # class 1 has a quarter of the labels: weight 2, class 0 2/3
+
+    def network(x):
+        return torch.tensor([[2.0, 0.0]]).repeat(len(x), 1)
+
+    x, y = torch.zeros(2, 1, 4, 4), torch.tensor([0, 1])
+    each = torch.nn.functional.cross_entropy(network(x), y, reduction="none")
+    balanced, _ = loss_for(TrainingOptions(), targets, 2)(network, x, y, None)
+    plain, _ = loss_for(TrainingOptions(class_weights="none"), targets, 2)(network, x, y, None)
+    assert float(plain) == pytest.approx(float(each.mean()))
+    assert float(balanced) == pytest.approx(float((2 / 3 * each[0] + 2 * each[1]) / (2 / 3 + 2)))
+    paper, _ = loss_for(TrainingOptions(arch="paper"), targets, 2)(network, x, y, None)
+    assert float(paper) == pytest.approx(float(plain))  # the paper's recipe stays unweighted
+    with pytest.raises(GhostmapError, match="class_weights"):
+        loss_for(TrainingOptions(class_weights="square"), targets, 2)

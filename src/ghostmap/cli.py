@@ -267,6 +267,9 @@ def train(
     if m.get("members", 1) > 1:
         out.print(f"ensemble of {m['members']} networks: cross-validated accuracy {m['val_accuracy']:.1%} on "
                   f"{m['cross_validated']} labels; probabilities calibrated (temperature {m['temperature']:.2f})")
+    elif "neighbour_agreement" in m:
+        out.print(f"probabilities calibrated on the scan (temperature {m['temperature']:.2f}; "
+                  f"{m['neighbour_agreement']:.1%} of positions agree with their neighbours)")
     if prep.bad_pixels:
         out.print(f"masked {len(prep.bad_pixels)} bad detector pixels")
     if m["collapsed"]:

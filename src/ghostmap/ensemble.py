@@ -23,11 +23,12 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage as ndi
 from torch import nn
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EnsembleNet", "fit_temperature", "expected_calibration_error"]
+__all__ = ["EnsembleNet", "fit_temperature", "neighbour_classes", "scan_temperature", "expected_calibration_error"]
 
 
 def _stage(cin: int, cout: int, members: int, first: bool = False) -> list[nn.Module]:
@@ -139,6 +140,82 @@ def fit_temperature(logits: torch.Tensor, targets: torch.Tensor, low: float = 0.
         else:
             a = c
     return float(math.exp((a + b) / 2))
+
+
+def neighbour_classes(classes: np.ndarray, n_classes: int, radius: int = 2) -> np.ndarray:
+    """The class most often predicted at the *other* positions of each position's window.
+
+    The window is (2 ``radius`` + 1) positions square, cut at the scan's edges (never wrapped);
+    the position itself does not vote. Ties go to the lower class index.
+
+    Parameters
+    ----------
+    classes : numpy.ndarray
+        Predicted class index per scan position, (rows, cols).
+    n_classes : int
+        Number of classes.
+    radius : int
+        Half-width of the window, scan positions.
+
+    Returns
+    -------
+    numpy.ndarray
+        (rows, cols) class indices.
+
+    Example
+    -------
+    >>> int(neighbour_classes(np.array([[0, 0, 0], [0, 1, 0], [0, 0, 0]]), 2, radius=1)[1, 1])
+    0
+    """
+    classes = np.asarray(classes)
+    size = 2 * int(radius) + 1
+    votes = np.stack([ndi.uniform_filter((classes == k).astype(np.float64), size, mode="constant", cval=0.0)
+                      for k in range(n_classes)], axis=-1) * size * size
+    votes -= np.eye(n_classes)[classes]  # the position's own vote
+    return votes.round().argmax(-1)
+
+
+def scan_temperature(probabilities: np.ndarray, radius: int = 2, shrink: float = 0.5) -> float:
+    """A temperature for a network's probabilities over a whole scan, with no held-out labels:
+    fitted to the class its neighbours are predicted to be, then shrunk towards 1.
+
+    Polarization domains span many scan positions, so the class most of a position's
+    neighbours are predicted to have (:func:`neighbour_classes`; not the position's own
+    pattern) stands in for its true class, and :func:`fit_temperature` fits the temperature
+    ``T_fit`` that makes ``softmax(log p / T)`` predict it best. Errors of neighbouring
+    positions go together (a stretch of wall called wrongly, all of it), so the stand-in agrees
+    with the network more often than the truth does and ``T_fit`` errs on the sharp side; the
+    temperature returned is ``T_fit ** shrink`` (0.5: halfway to 1 in log scale). Over 15
+    trainings on two simulated scans the calibration error was 0.023 at 1, 0.012 at ``T_fit``
+    and 0.010 at its square root (BENCHMARKS.md, issue 12).
+
+    Parameters
+    ----------
+    probabilities : numpy.ndarray
+        (rows, cols, classes) probabilities at temperature 1 (softmax of the logits).
+    radius : int
+        Half-width of the neighbourhood window, scan positions (2: 5 x 5 positions).
+    shrink : float
+        Exponent applied to the fitted temperature (1: as fitted, 0: always 1).
+
+    Returns
+    -------
+    float
+        The temperature to divide the logits by (1.0 for a scan with fewer than 2 positions).
+
+    Example
+    -------
+    >>> p = np.tile([0.7, 0.3], (6, 6, 1))  # every position 'class 0' at 70 %, all neighbours agree
+    >>> scan_temperature(p, radius=1) < 1
+    True
+    """
+    p = np.asarray(probabilities, np.float64)
+    rows, cols, n_classes = p.shape
+    if rows * cols < 2:
+        return 1.0
+    stand_in = neighbour_classes(p.argmax(-1), n_classes, radius)
+    log_p = torch.log(torch.as_tensor(p.reshape(-1, n_classes)).clamp_min(1e-30))
+    return fit_temperature(log_p, torch.as_tensor(stand_in.reshape(-1))) ** float(shrink)
 
 
 def expected_calibration_error(probabilities: np.ndarray, correct: np.ndarray, bins: int = 15) -> tuple[float, dict]:

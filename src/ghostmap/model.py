@@ -66,10 +66,17 @@ class PaperNet(nn.Module):
 
 
 class CompactNet(nn.Module):
-    """ghostmap's default: a narrow four-stage CNN with an adaptive pool before a small head."""
+    """ghostmap's default: a narrow four-stage CNN with an adaptive pool before a small head.
+
+    Its output is the logits divided by ``temperature`` (1 while training; after it, the value
+    :func:`ghostmap.training.train` fitted, kept in ``model.json``'s metrics rather than in the
+    weights), so ``softmax`` of the output is the calibrated probability and the winning class
+    is the same at any temperature.
+    """
 
     def __init__(self, n_classes: int, input_shape: tuple[int, int], width: int = 8):
         super().__init__()
+        self.register_buffer("temperature", torch.ones(()), persistent=False)
         c1, c2, c3, c4 = width, 2 * width, 4 * width, 4 * width
         self.features = nn.Sequential(
             *_conv(1, c1, True), *_conv(c1, c2, True), *_conv(c2, c3, True),
@@ -81,7 +88,7 @@ class CompactNet(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
+        return self.head(self.features(x)) / self.temperature
 
 
 def pick_device(device: str | torch.device | None = None) -> torch.device:
@@ -450,6 +457,11 @@ class Model:
                 raise ValueError("the reference pattern is missing")
             prep.reference = reference.numpy() if reference is not None else None
             network.load_state_dict(state)
+            temperature = meta.get("metrics", {}).get("temperature")
+            if isinstance(network, CompactNet) and temperature is not None:
+                if not float(temperature) > 0:
+                    raise ValueError(f"temperature {temperature} is not positive")
+                network.temperature.fill_(float(temperature))
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise GhostmapError(f"{where} holds a damaged model: {str(exc).splitlines()[0]}") from None
         network.eval()
