@@ -40,6 +40,22 @@ def test_the_exported_graph_gives_the_networks_probabilities(arch, members):
     assert network.training is False and export_onnx(network, (32, 32))  # exporting leaves the network as it was
 
 
+def test_the_graph_carries_the_calibration_temperature(tmp_path):
+    model, folder = saved_model(tmp_path)
+    model.metrics["temperature"] = 0.4
+    model.network.temperature.fill_(0.4)
+    model.save(folder)
+    x = np.random.default_rng(5).standard_normal((9, *model.input_shape)).astype(np.float32)
+    onnx_network = OnnxNetwork.from_folder(folder, read_description(folder))
+    loaded = Model.load(folder).network
+    np.testing.assert_allclose(onnx_network.probabilities(x), torch_probabilities(loaded, x), atol=1e-5)
+    assert float(loaded.temperature) == pytest.approx(0.4)
+    loaded.temperature.fill_(1.0)  # the same weights uncalibrated: other probabilities, the same classes
+    uncalibrated = torch_probabilities(loaded, x)
+    assert not np.allclose(uncalibrated, onnx_network.probabilities(x), atol=1e-3)
+    np.testing.assert_array_equal(uncalibrated.argmax(1), onnx_network.probabilities(x).argmax(1))
+
+
 def saved_model(tmp_path, detector=64, prep=None):
     torch.manual_seed(1)
     prep = prep or gm.Preprocessing(bin=2, pool=3)
