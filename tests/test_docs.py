@@ -18,7 +18,7 @@ TUTORIAL = ROOT / "docs" / "tutorial.ipynb"
 # Modules whose docstring examples run (others' examples need files: they are marked +SKIP).
 DOCTEST_MODULES = ["labels", "outputs", "evaluation", "series", "simulate", "watch", "errors",
                    "model", "result", "prediction", "preprocessing", "io.base", "io.registry",
-                   "sampling", "training", "counts", "modelfile", "analysis"]
+                   "sampling", "training", "counts", "modelfile", "analysis", "inputs", "runtime"]
 
 
 @pytest.mark.parametrize("name", DOCTEST_MODULES)

@@ -47,9 +47,9 @@ class OnnxNetwork:
 
     Example
     -------
-    >>> from ghostmap.model import build_network, export_onnx   # doctest: +SKIP
-    >>> network = OnnxNetwork(export_onnx(build_network("compact", 3, (32, 32)), (32, 32)))  # doctest: +SKIP
-    >>> network.probabilities(np.zeros((5, 32, 32), np.float32)).shape  # doctest: +SKIP
+    >>> from ghostmap.model import build_network, export_onnx
+    >>> network = OnnxNetwork(export_onnx(build_network("compact", 3, (32, 32)), (32, 32)))
+    >>> network.probabilities(np.zeros((5, 32, 32), np.float32)).shape
     (5, 3)
     """
 
