@@ -74,6 +74,11 @@ def test_a_saved_model_carries_its_graph_and_its_checksum(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="ghostmap.runtime"):
         assert OnnxNetwork.from_folder(folder, description) is None
     assert "checksum" in caplog.text
+    elsewhere = graph + b"\x00location../../secret"  # external data: a path out of the folder is never followed
+    (folder / "model.onnx").write_bytes(elsewhere)
+    with caplog.at_level(logging.WARNING, logger="ghostmap.runtime"):
+        assert OnnxNetwork.from_folder(folder, {**description, "onnx_sha256": hashlib.sha256(elsewhere).hexdigest()}) is None
+    assert "outside" in caplog.text
     (folder / "model.onnx").unlink()  # a model folder from before model.onnx existed
     assert OnnxNetwork.from_folder(folder, description) is None
 

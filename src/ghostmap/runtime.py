@@ -90,6 +90,9 @@ class OnnxNetwork:
         if hashlib.sha256(graph).hexdigest() != expected:
             logger.warning("%s does not belong to its model.json (checksum differs); predicting with torch", path)
             return None
+        if b"location" in graph:  # the key of ONNX's external tensor data: a path that could lead out of the folder
+            logger.warning("%s refers to data outside it; ghostmap writes no such graph; predicting with torch", path)
+            return None
         try:
             return cls(graph, batch_size, threads)
         except ImportError:
