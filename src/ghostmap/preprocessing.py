@@ -14,8 +14,11 @@ paper authors' code suffered from). The steps, in order:
    to zero mean and unit variance.
 
 Steps 1–3 are linear, so pooling can run after binning on the much smaller binned patterns.
-Everything runs on torch tensors of shape (n, det_row, det_col) so it is vectorised and
-multi-threaded; pooling works on blocks of shape (scan_row, scan_col, det_row, det_col).
+The arithmetic lives in torch-free modules, so that it can run in the reading thread before
+torch has loaded: :mod:`ghostmap.counts` (bad pixels, crop, bin and pooling across scan
+columns, for integer counts) and :mod:`ghostmap.inputs` (pooling across scan rows, transform,
+normalisation). This module holds the fitted recipe and applies it to a scan; only counts
+that are not 16-bit integers are reduced with torch here.
 """
 
 from __future__ import annotations

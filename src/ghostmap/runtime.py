@@ -68,7 +68,8 @@ class OnnxNetwork:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            self._sessions[threads] = self._ort.InferenceSession(self.graph, options, providers=["CPUExecutionProvider"])
+            session = self._ort.InferenceSession(self.graph, options, providers=["CPUExecutionProvider"])
+            self._sessions[threads] = (session, session.get_inputs()[0].name)
         return self._sessions[threads]
 
     @classmethod
@@ -104,8 +105,7 @@ class OnnxNetwork:
     def probabilities(self, inputs: np.ndarray, threads: int | None = None) -> np.ndarray:
         """Class probabilities (n, C) float32 for network inputs (n, h, w) or (n, 1, h, w),
         on ``threads`` threads (default: all of :attr:`threads`)."""
-        session = self._session(max(1, min(self.threads, threads or self.threads)))
-        name = session.get_inputs()[0].name
+        session, name = self._session(max(1, min(self.threads, threads or self.threads)))
         x = np.ascontiguousarray(inputs, np.float32).reshape(-1, 1, *inputs.shape[-2:])
         parts = [session.run(None, {name: x[i : i + self.batch_size]})[0] for i in range(0, x.shape[0], self.batch_size)]
         if not parts:
