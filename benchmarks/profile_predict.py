@@ -4,7 +4,8 @@
 On a machine of C cores, classifying N patterns at R patterns/s leaves C * N / R core-seconds
 for everything: start-up, reading, binning, the network, the outputs. This script measures
 each step alone, on one thread (torch and NumPy), over a few scan rows, and prints what the
-steps cost for the whole scan beside that budget, so one can see which target is reachable
+steps cost for the whole scan beside that budget (the parts of the first step, in brackets,
+are timed alone on rows read into memory first, and not counted), so one can see which target is reachable
 before optimising. Run after benchmarks/benchmark.py (it uses that run's scan and model)::
 
     python benchmarks/profile_predict.py [SCAN.npy] [MODEL_DIR] [--rows 3] [--rate 2000] [--cores 2]
@@ -74,17 +75,28 @@ def main():
     n = (r1 - r0) * n_cols
     bf = bright_field_index(scan)
     steps = {}
-    steps["read (file -> memory)"], raw = median_of(args.repeats, lambda: np.asarray(scan.read_rows(r0, r1)))
+    where = scan.file_extent(r0, r1)
+    if where is None:
+        raise SystemExit(f"{args.scan}: rows {r0}-{r1 - 1} are not plain counts in the file; predict reads them otherwise")
+
+    def read_and_reduce():
+        with open(where[0], "rb", buffering=0) as file:
+            return counts.reduce_file(file, where[1], n, scan.detector_shape, scan.dtype, bf)[0]
+
+    steps["read, bin, repair, bright field"], reduced = median_of(args.repeats, read_and_reduce)
+    # its parts, each alone on the rows read into memory first (not counted: the step above is what runs)
+    parts = {}
+    parts["read (file -> memory)"], raw = median_of(args.repeats, lambda: np.asarray(scan.read_rows(r0, r1)))
     flat = raw.reshape(n, *raw.shape[2:])
-    steps["bright-field sums"], _ = median_of(
+    parts["bright-field sums"], _ = median_of(
         args.repeats, lambda: [raw[i].reshape(n_cols, -1)[:, bf].sum(-1, dtype=np.float64) for i in range(len(raw))])
     b = prep.bin
     r0w, c0w, h, w = counts.window(scan.detector_shape)
     window = flat[:, r0w : r0w + h * b, c0w : c0w + w * b]
-    steps["bin (integer sums)"], binned = median_of(args.repeats, lambda: bin_counts(window, b))
-    steps[f"bad-pixel repair ({len(counts.bad_pixels)} pixels)"], _ = median_of(
+    parts["bin (integer sums)"], binned = median_of(args.repeats, lambda: bin_counts(window, b))
+    parts[f"bad-pixel repair ({len(counts.bad_pixels)} pixels)"], _ = median_of(
         args.repeats, lambda: counts.repair(flat, binned.copy()))
-    reduced = counts.reduce(flat).reshape(r1 - r0, n_cols, h, w)
+    reduced = reduced.reshape(r1 - r0, n_cols, h, w)
     steps["pool across scan columns"], _ = median_of(args.repeats, lambda: pool_axis(reduced, 1, prep.pool, prep.pool_mode))
     kept = dict(enumerate(reduced))
     half = prep.pool // 2
@@ -119,6 +131,9 @@ def main():
         per = seconds / n
         whole += per * total_patterns
         print(f"{name:38s} {per * 1e3:10.3f} {per * total_patterns:19.2f}")
+        if name.startswith("read, bin"):
+            for part, part_seconds in parts.items():
+                print(f"{'  (' + part + ')':38s} {part_seconds / n * 1e3:10.3f} {part_seconds / n * total_patterns:19.2f}")
     for name, seconds in (("(network in torch, fused; not counted)", network_torch),
                           ("(network in torch, unfused; not counted)", network_plain)):
         print(f"{name:38s} {seconds / n * 1e3:10.3f} {seconds / n * total_patterns:19.2f}")

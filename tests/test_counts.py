@@ -13,6 +13,8 @@ import pytest
 import torch
 
 from ghostmap.counts import CountReduction, RowReader, bin_counts, pool_axis, row_blocks
+from ghostmap.errors import GhostmapError
+from ghostmap.io import open_scan
 from ghostmap.io.base import Readahead, Scan
 from ghostmap.preprocessing import Preprocessing, _pool_axis
 
@@ -76,6 +78,40 @@ def test_row_reader_yields_every_block_in_order_with_its_bright_field(counts, ah
     np.testing.assert_array_equal(np.concatenate([rows for _, rows in got]), reduction.reduce_rows(counts))
     for r in range(5):
         np.testing.assert_array_equal(reader.bright_field[r], counts[r].reshape(7, -1)[:, index].sum(-1))
+
+
+@pytest.mark.parametrize("chunk", [1, 4, 6])
+def test_reduce_file_reads_a_few_patterns_at_a_time_into_what_reduce_gives(tmp_path, counts, chunk):
+    patterns = counts.reshape(-1, 24, 20)  # 35 patterns: the last chunk is short
+    reduction = CountReduction(bin=3, crop=(1, 23, 2, 20), bad_pixels=((0, 0), (5, 7), (5, 8), (22, 19)))
+    header = b"x" * 13  # the patterns need not start on an aligned offset
+    path = tmp_path / "raw.bin"
+    path.write_bytes(header + patterns.tobytes())
+    index = np.array([3, 100, 479])
+    with open(path, "rb", buffering=0) as file:
+        reduced, bright = reduction.reduce_file(file, len(header), len(patterns), (24, 20), np.uint16, index, chunk)
+        np.testing.assert_array_equal(reduced, reduction.reduce(patterns))
+        np.testing.assert_array_equal(bright, patterns.reshape(35, -1)[:, index].sum(-1))
+        assert reduction.reduce_file(file, len(header), 3, (24, 20), np.uint16)[1] is None
+    path.write_bytes(header + patterns[:-1].tobytes())  # the last pattern is missing
+    with open(path, "rb", buffering=0) as file, pytest.raises(GhostmapError, match="truncated"):
+        reduction.reduce_file(file, len(header), len(patterns), (24, 20), np.uint16, chunk=chunk)
+
+
+@pytest.mark.parametrize("found", [False, True])
+def test_row_reader_of_a_file_reads_it_in_chunks_with_the_same_results(tmp_path, counts, found):
+    np.save(tmp_path / "scan.npy", counts)
+    scan = open_scan(tmp_path / "scan.npy")
+    assert scan.file_extent(0, 5) is not None
+    reduction = CountReduction(bin=2, pool=3, bad_pixels=((3, 4),))
+    index = np.array([0, 5, 21, 479])
+    reader = RowReader(scan, reduction, row_blocks(5, 3, 0, 5, 2),
+                       bright_field_index=(lambda raw: index) if found else index)
+    got = list(reader)
+    np.testing.assert_array_equal(np.concatenate([rows for _, rows in got]), reduction.reduce_rows(counts))
+    for r in range(5):
+        np.testing.assert_array_equal(reader.bright_field[r], counts[r].reshape(7, -1)[:, index].sum(-1))
+    scan.close()
 
 
 def test_row_reader_hands_other_counts_to_the_fallback(counts):

@@ -514,6 +514,11 @@ def test_mapped_rows_are_the_rows_and_say_when_the_file_is_cut_short(tmp_path):
     scan = open_scan(tmp_path / "scan.npy")
     with scan.mapped_rows(1, 3) as rows:
         np.testing.assert_array_equal(rows, data[1:3])
+    path, offset = scan.file_extent(1, 3)
+    with open(path, "rb") as f:
+        f.seek(offset)
+        np.testing.assert_array_equal(np.frombuffer(f.read(data[1:3].nbytes), np.uint16), data[1:3].ravel())
+    assert Scan(data).file_extent(0, 2) is None  # in memory: no file to read from
     with Scan(data.astype(">u2")).mapped_rows(0, 2) as rows:  # not a file: read as read_rows does
         np.testing.assert_array_equal(rows, data[:2])
     with open(tmp_path / "scan.npy", "r+b") as f:  # the file loses its last rows after it was opened
@@ -540,6 +545,7 @@ def test_mapped_rows_of_hdf5_are_the_rows_mapped_where_they_lie_plain_in_the_fil
     for start, stop in ((0, 1), (1, 2), (4, 5), (2, 4)):
         in_one_chunk = "chunks" not in layout or start // layout["chunks"][0] == (stop - 1) // layout["chunks"][0]
         assert (_hdf5_extent(scan.data, start, stop, row_bytes) is not None) == (plain and in_one_chunk)
+        assert scan.file_extent(start, stop) == _hdf5_extent(scan.data, start, stop, row_bytes)
         with scan.mapped_rows(start, stop) as rows:
             np.testing.assert_array_equal(rows, data[start:stop])
     scan.close()

@@ -330,6 +330,17 @@ class Scan(_OpenFiles):
             return _read_file_rows(self.data, start, stop)
         return self._read(start, stop, (slice(start, stop),))
 
+    def file_extent(self, start: int, stop: int) -> tuple[str, int] | None:
+        """(file name, byte offset) where scan rows ``start:stop`` lie in a file as one stretch of
+        plain native counts in C order (a .npy; an uncompressed HDF5 dataset, contiguous or in
+        chunks of whole scan rows), so they can be read with plain file reads; else None."""
+        start, stop = check_range(start, stop, self.shape[0], "rows")
+        data = self.data
+        row_bytes = math.prod(data.shape[1:]) * data.dtype.itemsize
+        if _file_backed_rows(data) and data.dtype.isnative:
+            return data.filename, data.offset + start * row_bytes
+        return _hdf5_extent(data, start, stop, row_bytes)
+
     @contextmanager
     def mapped_rows(self, start: int, stop: int) -> Iterator[np.ndarray]:
         """Scan rows ``start:stop`` for use inside a ``with`` block only: where they lie in the
@@ -342,11 +353,7 @@ class Scan(_OpenFiles):
         """
         start, stop = check_range(start, stop, self.shape[0], "rows")
         data = self.data
-        row_bytes = math.prod(data.shape[1:]) * data.dtype.itemsize
-        if _file_backed_rows(data) and data.dtype.isnative:
-            where = (data.filename, data.offset + start * row_bytes)
-        else:
-            where = _hdf5_extent(data, start, stop, row_bytes)
+        where = self.file_extent(start, stop)
         if where is None:
             yield self.read_rows(start, stop)
             return
