@@ -38,6 +38,49 @@ def test_compact_network_takes_any_input_size(shape):
     assert compact < paper / 50
 
 
+@pytest.mark.parametrize("members", [1, 3])
+def test_the_stride_stem_halves_the_input_in_its_first_convolution(members):
+    stride, pool = (build_network("compact", 3, (64, 64), members=members, stem=stem) for stem in ("stride", "pool"))
+    first = [m for m in stride.modules() if isinstance(m, torch.nn.Conv2d)][0]
+    assert first.stride == (2, 2)
+    assert sum(isinstance(m, torch.nn.MaxPool2d) for m in stride.modules()) == 2
+    assert sum(isinstance(m, torch.nn.MaxPool2d) for m in pool.modules()) == 3
+    assert stride.stem == "stride" and pool.stem == "pool"
+    # the same weights, so a model keeps its size whichever stem it has
+    assert [p.shape for p in stride.parameters()] == [p.shape for p in pool.parameters()]
+    with pytest.raises(GhostmapError, match="unknown stem 'big'"):
+        build_network("compact", 3, (64, 64), members=members, stem="big")
+
+
+@pytest.mark.parametrize("members", [1, 3])
+def test_the_stride_stem_is_the_default_from_128_pixels_only(members):
+    assert build_network("compact", 3, (128, 160), members=members).stem == "stride"
+    assert build_network("compact", 3, (127, 256), members=members).stem == "pool"  # the smaller side decides
+    assert build_network("compact", 3, (64, 64), members=members).stem == "pool"
+
+
+@pytest.mark.parametrize("stem", ["stride", "pool"])
+def test_the_stem_is_saved_and_a_model_without_one_is_an_old_pool_model(tmp_path, stem):
+    prep = Preprocessing(bin=2)
+    torch.manual_seed(0)
+    model = Model(build_network("compact", 3, (16, 16), stem=stem).eval(), ("a", "b", "c"), "compact", prep, (32, 32))
+    model.save(tmp_path / "m")
+    meta = json.loads((tmp_path / "m" / META_FILE).read_text())
+    assert meta["stem"] == stem
+    again = Model.load(tmp_path / "m")
+    assert again.network.stem == stem
+    x = torch.randn(4, 1, 16, 16)
+    with torch.inference_mode():
+        torch.testing.assert_close(model.network(x), again.network(x))
+    del meta["stem"]  # as models saved before the stem was recorded: they all had the pool stem
+    (tmp_path / "m" / META_FILE).write_text(json.dumps(meta))
+    if stem == "pool":
+        assert Model.load(tmp_path / "m").network.stem == "pool"
+    else:  # the weights no longer fit the network the description asks for: refused, not misread
+        with pytest.raises(GhostmapError, match="damaged model"):
+            Model.load(tmp_path / "m")
+
+
 def test_unknown_architecture():
     with pytest.raises(GhostmapError, match="unknown architecture 'resnet'"):
         build_network("resnet", 3, (64, 64))
@@ -87,12 +130,13 @@ def test_detector_mismatch_is_named():
         make_model().check_scan((64, 64), "scan.npy")
 
 
-@pytest.mark.parametrize("arch,members", [("compact", 1), ("paper", 1), ("compact", 3)])
-def test_fused_network_gives_the_same_outputs_and_leaves_the_original_alone(arch, members):
+@pytest.mark.parametrize("arch,members,stem", [("compact", 1, "stride"), ("compact", 1, "pool"), ("paper", 1, "stride"),
+                                               ("compact", 3, "stride"), ("compact", 3, "pool")])
+def test_fused_network_gives_the_same_outputs_and_leaves_the_original_alone(arch, members, stem):
     from ghostmap.model import fused_for_inference
 
     torch.manual_seed(0)
-    net = build_network(arch, 3, (32, 32), members=members)
+    net = build_network(arch, 3, (32, 32), members=members, stem=stem)
     with torch.no_grad():  # batch norm with statistics of its own, as after training
         for m in net.modules():
             if isinstance(m, torch.nn.BatchNorm2d):

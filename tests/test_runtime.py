@@ -25,10 +25,11 @@ def torch_probabilities(network, x):
         return torch.softmax(network.eval()(torch.from_numpy(x)[:, None]), 1).numpy()
 
 
-@pytest.mark.parametrize("arch,members", [("compact", 1), ("paper", 1), ("compact", 3)])
-def test_the_exported_graph_gives_the_networks_probabilities(arch, members):
+@pytest.mark.parametrize("arch,members,stem", [("compact", 1, "stride"), ("compact", 1, "pool"), ("paper", 1, "stride"),
+                                               ("compact", 3, "stride")])
+def test_the_exported_graph_gives_the_networks_probabilities(arch, members, stem):
     torch.manual_seed(0)
-    network = build_network(arch, 3, (32, 32), members=members).eval()
+    network = build_network(arch, 3, (32, 32), members=members, stem=stem).eval()
     x = np.random.default_rng(0).standard_normal((21, 32, 32)).astype(np.float32)
     onnx_network = OnnxNetwork(export_onnx(network, (32, 32)), batch_size=8)  # runs of 8, 8 and 5
     expected = torch_probabilities(network, x)

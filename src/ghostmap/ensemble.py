@@ -26,17 +26,21 @@ import torch.nn.functional as F
 from scipy import ndimage as ndi
 from torch import nn
 
+from .errors import GhostmapError
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["EnsembleNet", "fit_temperature", "neighbour_classes", "scan_temperature", "expected_calibration_error"]
 
 
-def _stage(cin: int, cout: int, members: int, first: bool = False) -> list[nn.Module]:
+def _stage(cin: int, cout: int, members: int, first: bool = False, stem: str = "pool") -> list[nn.Module]:
     # the first stage reads the one input channel: a plain convolution to K x cout filters is each
-    # member's own first convolution
-    conv = nn.Conv2d(cin if first else members * cin, members * cout, 3, padding=1, bias=False,
+    # member's own first convolution; with the "stride" stem it halves the size itself
+    stride = 2 if first and stem == "stride" else 1
+    conv = nn.Conv2d(cin if first else members * cin, members * cout, 3, stride=stride, padding=1, bias=False,
                      groups=1 if first else members)
-    return [conv, nn.BatchNorm2d(members * cout), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+    layers = [conv, nn.BatchNorm2d(members * cout), nn.ReLU(inplace=True)]
+    return layers if stride == 2 else layers + [nn.MaxPool2d(2)]
 
 
 class EnsembleNet(nn.Module):
@@ -52,6 +56,9 @@ class EnsembleNet(nn.Module):
         Networks in the ensemble.
     width : int
         Channels of each member's first stage (the compact network's 8).
+    stem : str, optional
+        Each member's first stage, as the compact network's (:func:`ghostmap.model.stem_layers`);
+        None: :func:`ghostmap.model.default_stem`.
 
     Example
     -------
@@ -60,16 +67,22 @@ class EnsembleNet(nn.Module):
     torch.Size([2, 4, 3])
     """
 
-    def __init__(self, n_classes: int, input_shape: tuple[int, int], members: int = 4, width: int = 8):
+    def __init__(self, n_classes: int, input_shape: tuple[int, int], members: int = 4, width: int = 8,
+                 stem: str | None = None):
         super().__init__()
+        from .model import STEMS, default_stem
+
         if members < 1:
             raise ValueError(f"an ensemble needs at least one member, got {members}")
+        self.stem = stem = stem or default_stem(input_shape)
+        if stem not in STEMS:
+            raise GhostmapError(f"unknown stem '{stem}'; choose one of {', '.join(STEMS)}")
         k = self.members = int(members)
         self.n_classes = int(n_classes)
         c1, c2, c3, c4 = width, 2 * width, 4 * width, 4 * width
         self.c4 = c4
         self.features = nn.Sequential(
-            *_stage(1, c1, k, first=True), *_stage(c1, c2, k), *_stage(c2, c3, k),
+            *_stage(1, c1, k, first=True, stem=stem), *_stage(c1, c2, k), *_stage(c2, c3, k),
             nn.Conv2d(k * c3, k * c4, 3, padding=1, bias=False, groups=k), nn.BatchNorm2d(k * c4),
             nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(4),
         )

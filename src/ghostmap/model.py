@@ -65,21 +65,66 @@ class PaperNet(nn.Module):
         return self.head(self.features(x))
 
 
+STEMS = ("stride", "pool")
+STRIDE_STEM_MIN_SIZE = 128  # the smallest network input the stride stem is the default for
+
+
+def default_stem(input_shape: tuple[int, int]) -> str:
+    """The compact network's first stage for inputs of ``input_shape``: ``"stride"`` from
+    ``STRIDE_STEM_MIN_SIZE`` pixels a side (where it is faster at the same accuracy), else ``"pool"``.
+
+    On small inputs the ghost disks span a pixel or two, and a strided first convolution
+    samples them too coarsely: on 32 x 32 simulated patterns, three training seeds reached
+    54-78% with the stride stem against 84-87% with the pool stem (BENCHMARKS.md). There the
+    network costs little anyway.
+
+    Example
+    -------
+    >>> default_stem((128, 128)), default_stem((64, 64))
+    ('stride', 'pool')
+    """
+    return "stride" if min(input_shape) >= STRIDE_STEM_MIN_SIZE else "pool"
+
+
+def stem_layers(cin: int, cout: int, stem: str) -> list[nn.Module]:
+    """The compact network's first stage, which halves the input's size.
+
+    ``"stride"`` (the default for inputs of 128 px and more, :func:`default_stem`): a stride-2
+    convolution, batch norm and ReLU. ``"pool"`` (the default for smaller inputs, and every model
+    saved before ``model.json`` recorded a stem): a convolution at full size, batch norm, ReLU and
+    a 2 x 2 max-pool. Writing and max-pooling the full-size activations took 40% of the
+    network's time: at 128 x 128, one thread of ONNX Runtime classified a pattern in 0.26 ms with
+    the stride stem against 0.44 ms with the pool stem, at the same accuracy within the spread of
+    training seeds (BENCHMARKS.md, issue 13's fourth round).
+
+    Example
+    -------
+    >>> [type(layer).__name__ for layer in stem_layers(1, 8, "stride")]
+    ['Conv2d', 'BatchNorm2d', 'ReLU']
+    """
+    if stem == "stride":
+        return [nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+    if stem == "pool":
+        return _conv(cin, cout, True)
+    raise GhostmapError(f"unknown stem '{stem}'; choose one of {', '.join(STEMS)}")
+
+
 class CompactNet(nn.Module):
     """ghostmap's default: a narrow four-stage CNN with an adaptive pool before a small head.
 
     Its output is the logits divided by ``temperature`` (1 while training; after it, the value
     :func:`ghostmap.training.train` fitted, kept in ``model.json``'s metrics rather than in the
     weights), so ``softmax`` of the output is the calibrated probability and the winning class
-    is the same at any temperature.
+    is the same at any temperature. ``stem`` is its first stage (:func:`stem_layers`).
     """
 
-    def __init__(self, n_classes: int, input_shape: tuple[int, int], width: int = 8):
+    def __init__(self, n_classes: int, input_shape: tuple[int, int], width: int = 8, stem: str | None = None):
         super().__init__()
         self.register_buffer("temperature", torch.ones(()), persistent=False)
+        self.stem = stem = stem or default_stem(input_shape)
         c1, c2, c3, c4 = width, 2 * width, 4 * width, 4 * width
         self.features = nn.Sequential(
-            *_conv(1, c1, True), *_conv(c1, c2, True), *_conv(c2, c3, True),
+            *stem_layers(1, c1, stem), *_conv(c1, c2, True), *_conv(c2, c3, True),
             nn.Conv2d(c3, c4, 3, padding=1, bias=False), nn.BatchNorm2d(c4), nn.ReLU(inplace=True),
             nn.AdaptiveAvgPool2d(4),
         )
@@ -130,20 +175,22 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
     return chosen
 
 
-def build_network(arch: str, n_classes: int, input_shape: tuple[int, int], members: int = 1) -> nn.Module:
-    """A freshly initialised network of the named architecture (``members`` > 1: a compact ensemble)."""
+def build_network(arch: str, n_classes: int, input_shape: tuple[int, int], members: int = 1,
+                  stem: str | None = None) -> nn.Module:
+    """A freshly initialised network of the named architecture (``members`` > 1: a compact ensemble;
+    ``stem``: the compact network's first stage, :func:`stem_layers`; None: :func:`default_stem`)."""
     if members > 1:
         if arch != "compact":
             raise GhostmapError(f"only the compact architecture comes as an ensemble, not '{arch}'")
         from .ensemble import EnsembleNet
 
-        return EnsembleNet(n_classes, input_shape, members=members)
+        return EnsembleNet(n_classes, input_shape, members=members, stem=stem)
     if arch == "paper":
         if min(input_shape) < 8:
             raise GhostmapError(f"the paper architecture needs inputs of at least 8 x 8, got {input_shape}")
         return PaperNet(n_classes, input_shape)
     if arch == "compact":
-        return CompactNet(n_classes, input_shape)
+        return CompactNet(n_classes, input_shape, stem=stem)
     raise GhostmapError(f"unknown architecture '{arch}'; choose one of {', '.join(ARCHITECTURES)}")
 
 
@@ -381,6 +428,8 @@ class Model:
             "metrics": self.metrics,
             "weights_sha256": weights_sha256,
         }
+        if getattr(self.network, "stem", None) is not None:
+            described["stem"] = self.network.stem
         if onnx_sha256:
             described["onnx_sha256"] = onnx_sha256
         return described
@@ -450,7 +499,7 @@ class Model:
             prep = Preprocessing.from_dict(meta["preprocessing"])
             detector_shape = tuple(int(v) for v in meta["detector_shape"])
             network = build_network(meta["arch"], len(classes), prep.output_shape(detector_shape),
-                                    members=int(meta.get("members", 1)))
+                                    members=int(meta.get("members", 1)), stem=str(meta.get("stem", "pool")))
             state = read_weights()
             reference = state.pop(REFERENCE_KEY, None)
             if prep.subtract_mean and reference is None:
@@ -462,7 +511,7 @@ class Model:
                 if not float(temperature) > 0:
                     raise ValueError(f"temperature {temperature} is not positive")
                 network.temperature.fill_(float(temperature))
-        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        except (KeyError, TypeError, ValueError, RuntimeError, GhostmapError) as exc:
             raise GhostmapError(f"{where} holds a damaged model: {str(exc).splitlines()[0]}") from None
         network.eval()
         return cls(network, classes, meta["arch"], prep, detector_shape, meta.get("metrics", {}))

@@ -109,6 +109,15 @@ class TrainingOptions:
         loss let one training seed in five call 22% of the vertical domain ``none`` on an
         untuned scan (90.0% against 96.7% balanced; BENCHMARKS.md).
 
+    stem : str, optional
+        Compact network: its first stage. ``"stride"`` is a stride-2 convolution; ``"pool"`` a
+        convolution at the input's full size and a 2 x 2 max-pool, as in models saved before.
+        None: stride for inputs of 128 px a side and more, pool for smaller ones
+        (:func:`ghostmap.model.default_stem`). At 128 px the stride stem's network is 1.7 x
+        faster on the CPU (0.26 against 0.44 ms a pattern); over 15 trainings (25 labels, three
+        simulated scans, five seeds each) it scored 97.4 +- 0.5% against 97.6 +- 0.5%
+        (BENCHMARKS.md, issue 13's fourth round).
+
     Examples
     --------
     >>> options = TrainingOptions(epochs=30, seed=1)
@@ -148,6 +157,9 @@ class TrainingOptions:
     # "final": "balanced" (cross-entropy weighted by inverse class frequency) or "none"; None: balanced for
     # compact, none for paper
     class_weights: str | None = None
+    # compact network: its first stage, "stride" (a stride-2 convolution) or "pool" (convolution at full
+    # size, then max-pool); None: stride for inputs of 128 px and more, else pool
+    stem: str | None = None
 
 
 def stratified_split(y: np.ndarray, val_fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -573,7 +585,8 @@ def fit_single(inputs, targets, classes, options: TrainingOptions, progress=None
         seed = refit_seed(options.seed, attempt)
         torch.manual_seed(seed)
         gen = torch.Generator().manual_seed(seed)
-        network = build_network(options.arch, len(classes), tuple(inputs.shape[2:])).to(device, memory_format=CHANNELS_LAST)
+        network = build_network(options.arch, len(classes), tuple(inputs.shape[2:]),
+                                stem=options.stem).to(device, memory_format=CHANNELS_LAST)
         optimiser, scheduler = make_optimiser(network, options, len(everything), epochs, "cosine")
         history = fit_epochs(network, inputs, targets, epochs, options, optimiser, scheduler, swap, gen,
                              loss_for(options, targets, len(classes)),
@@ -613,7 +626,8 @@ def _fit_best_checkpoint(inputs, targets, classes, options: TrainingOptions,
     held_out = len(val_idx) > 0
     if not held_out:
         val_idx = train_idx  # too few labels to hold any out; say so in the metrics
-    network = build_network(options.arch, len(classes), tuple(inputs.shape[2:])).to(device, memory_format=CHANNELS_LAST)
+    network = build_network(options.arch, len(classes), tuple(inputs.shape[2:]),
+                            stem=options.stem).to(device, memory_format=CHANNELS_LAST)
     epochs = options.epochs or default_epochs(len(train_idx), options.batch_size)
     schedule = options.schedule or ("plateau" if options.arch == "paper" else "cosine")
     optimiser, scheduler = make_optimiser(network, options, len(train_idx), epochs, schedule)
@@ -659,7 +673,8 @@ def fit_ensemble(inputs, targets, classes, members: int, options: TrainingOption
     gen = torch.Generator().manual_seed(options.seed)
     folds = torch.as_tensor(stratified_folds(targets.numpy(), members, rng))
     trains_on = F.one_hot(folds, members) == 0  # (N, members): member k trains on every label outside fold k
-    network = EnsembleNet(len(classes), tuple(inputs.shape[2:]), members=members).to(device, memory_format=CHANNELS_LAST)
+    network = EnsembleNet(len(classes), tuple(inputs.shape[2:]), members=members,
+                          stem=options.stem).to(device, memory_format=CHANNELS_LAST)
     n = len(targets)
     epochs = options.epochs or default_epochs(n, options.batch_size)
     optimiser, scheduler = make_optimiser(network, options, n, epochs, "cosine")
