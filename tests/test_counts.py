@@ -114,6 +114,32 @@ def test_row_reader_of_a_file_reads_it_in_chunks_with_the_same_results(tmp_path,
     scan.close()
 
 
+def test_reading_goes_on_while_the_bright_field_disk_is_found(tmp_path, counts):
+    np.save(tmp_path / "scan.npy", counts)
+    scan = open_scan(tmp_path / "scan.npy")
+    index = np.array([0, 5, 21, 479])
+    expected = counts.reshape(5, 7, -1)[:, :, index].sum(-1)
+    go_on = threading.Event()
+
+    def slow_finder(raw):
+        assert raw.shape == (1, 7, 24, 20)  # the first block
+        go_on.wait(10)
+        return index
+
+    reduction = CountReduction(bin=2, pool=3)
+    reader = RowReader(scan, reduction, row_blocks(5, 3, 0, 5, 1), bright_field_index=slow_finder, ahead=0)
+    blocks = iter(reader)
+    got = [next(blocks) for _ in range(3)]  # read while the disk is not known yet: no sums
+    assert not reader.bright_field
+    go_on.set()
+    np.testing.assert_array_equal(reader.bright_field_rows(0, 2), expected[:2])  # summed when asked for
+    got += list(blocks)
+    np.testing.assert_array_equal(np.concatenate([rows for _, rows in got]), reduction.reduce_rows(counts))
+    np.testing.assert_array_equal(reader.bright_field_rows(2, 5), expected[2:])  # every block read: all summed
+    assert not reader.bright_field
+    scan.close()
+
+
 def test_row_reader_hands_other_counts_to_the_fallback(counts):
     floats = Scan(counts.astype(np.float32))
     reduction = CountReduction(bin=2)

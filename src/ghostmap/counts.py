@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -370,9 +371,11 @@ class RowReader:
         Scan-row ranges, in order (:func:`row_blocks`).
     bright_field_index : numpy.ndarray or callable, optional
         Flat detector indices of the bright-field disk, or a function that finds them from the
-        first block's raw rows (called once, in the reading thread, so no row is read twice);
+        first block's raw rows (called once, in a thread of its own, while reading goes on: the
+        blocks read meanwhile get their sums once it returns, from the disk's pixels alone);
         their sum for every pattern lands in ``bright_field[scan_row]`` (float64, one value per
-        scan column) as blocks are read.
+        scan column): all of them once every block is read, any row's at once with
+        :meth:`bright_field_rows`.
     ahead : int, optional
         Blocks kept ready ahead of the caller (0: read in the caller's thread).
     fallback : callable, optional
@@ -398,47 +401,84 @@ class RowReader:
         self.scan, self.reduction, self.fallback, self.then = scan, reduction, fallback, then
         self.bright_field_index = bright_field_index
         self.bright_field: dict[int, np.ndarray] = {}
+        blocks = list(blocks)
+        self._index = None if callable(bright_field_index) else bright_field_index
+        self._finding = None
+        self._unsummed: list[tuple[int, int]] = []  # blocks read before the bright-field disk was found
+        self._summing = threading.Lock()
+        if callable(bright_field_index) and blocks:
+            from concurrent.futures import ThreadPoolExecutor
+
+            finder = ThreadPoolExecutor(1, thread_name_prefix="ghostmap-bright-field")
+            self._finding = finder.submit(self._find_index, bright_field_index, blocks[0])
+            finder.shutdown(wait=False)
         self._readahead = Readahead(self._read, blocks, ahead)
         self.blocks = self._readahead.blocks
 
+    def _find_index(self, find, block) -> np.ndarray:
+        with self.scan.mapped_rows(*block) as raw:
+            return np.asarray(find(np.asarray(raw)))
+
+    def _known_index(self, wait: bool = False):
+        """The bright-field disk's indices: None while they are still being found (unless ``wait``)."""
+        if self._index is None and self._finding is not None and (wait or self._finding.done()):
+            self._index = self._finding.result()
+        return self._index
+
     def _read(self, block):
-        where = None
-        if self.reduction.fits_dtype(self.scan.dtype) and not callable(self.bright_field_index):
-            where = self.scan.file_extent(*block)
+        index = self._known_index()
+        fits = self.reduction.fits_dtype(self.scan.dtype)
+        where = self.scan.file_extent(*block) if fits else None
         if where is not None:  # read a few patterns at a time into the cache and reduced there
-            reduced = self._reduce_from_file(block, *where)
-        elif self.reduction.fits_dtype(self.scan.dtype):  # reduced in NumPy straight from the file's pages
+            reduced = self._reduce_from_file(block, *where, index)
+        elif fits:  # reduced in NumPy straight from the file's pages
             with self.scan.mapped_rows(*block) as raw:
-                reduced = self._reduce(block, np.asarray(raw))
+                reduced = self._reduce(block, np.asarray(raw), index)
         else:
-            reduced = self._reduce(block, np.asarray(self.scan.read_rows(*block)))  # a copy torch may write to
+            reduced = self._reduce(block, np.asarray(self.scan.read_rows(*block)), index)  # a copy torch may write to
+        if index is None and self._finding is not None:
+            with self._summing:
+                self._unsummed.append(block)
+        if self._unsummed and (self._known_index() is not None or block == self.blocks[-1]):
+            self._sum_unsummed()
         return reduced if self.then is None else self.then(block, reduced)
 
-    def _reduce(self, block, raw: np.ndarray):
-        finding = None
-        if callable(self.bright_field_index):  # found from the first block, beside its reduction
-            from concurrent.futures import ThreadPoolExecutor
+    def _sum_unsummed(self) -> None:
+        """The bright-field sums of blocks read before the disk was found, read again from the
+        file (only the disk's pixels: a sixth of a paper-size pattern)."""
+        index = self._known_index(wait=True)
+        with self._summing:
+            unsummed, self._unsummed = self._unsummed, []
+            for block in unsummed:
+                with self.scan.mapped_rows(*block) as raw:
+                    self._sum_bright_field(block, np.asarray(raw), index)
 
-            with ThreadPoolExecutor(1, thread_name_prefix="ghostmap-bright-field") as pool:
-                finding = pool.submit(self.bright_field_index, raw)
-                reduced = self._reduce_counts(raw)
-                self.bright_field_index = finding.result()
-        else:
-            reduced = self._reduce_counts(raw)
-        if self.bright_field_index is not None:
-            flat = raw.reshape(raw.shape[0], raw.shape[1], -1)
-            for i in range(raw.shape[0]):
-                self.bright_field[block[0] + i] = flat[i][:, self.bright_field_index].sum(-1, dtype=np.float64)
+    def _sum_bright_field(self, block, raw: np.ndarray, index) -> None:
+        flat = raw.reshape(raw.shape[0], raw.shape[1], -1)
+        for i in range(raw.shape[0]):
+            self.bright_field[block[0] + i] = flat[i][:, index].sum(-1, dtype=np.float64)
+
+    def bright_field_rows(self, start: int, stop: int) -> np.ndarray:
+        """The bright-field sums of scan rows [start, stop) (rows, cols) float64, taken out of
+        :attr:`bright_field`; waits for the disk to be found where rows read before it still lack them."""
+        if any(row not in self.bright_field for row in range(start, stop)):
+            self._sum_unsummed()
+        return np.stack([self.bright_field.pop(row) for row in range(start, stop)])
+
+    def _reduce(self, block, raw: np.ndarray, index):
+        reduced = self._reduce_counts(raw)
+        if index is not None:
+            self._sum_bright_field(block, raw, index)
         return reduced
 
-    def _reduce_from_file(self, block, path: str, offset: int):
+    def _reduce_from_file(self, block, path: str, offset: int, index):
         rows, cols = block[1] - block[0], self.scan.shape[1]
         with open(path, "rb", buffering=0) as file:
             if hasattr(os, "posix_fadvise"):  # a scan not yet in memory: the kernel reads ahead further
                 os.posix_fadvise(file.fileno(), offset, rows * cols * math.prod(self.scan.shape[2:]) * self.scan.dtype.itemsize,
                                  os.POSIX_FADV_SEQUENTIAL)
             reduced, bright = self.reduction.reduce_file(file, offset, rows * cols, self.scan.shape[2:],
-                                                         self.scan.dtype, self.bright_field_index)
+                                                         self.scan.dtype, index)
         if bright is not None:
             for i in range(rows):
                 self.bright_field[block[0] + i] = bright[i * cols : (i + 1) * cols]

@@ -300,13 +300,12 @@ def iter_predictions(
                             bright_field_index=bright_field_index(scan) if bf_index is None else bf_index)
     elif reader.bright_field_index is None:
         raise ValueError("the reader given sums no bright field: make it with a bright_field_index")
-    bright = reader.bright_field
     threads = _CoreSharing(reader if share_cores and dev.type == "cpu" else None)
     try:
         for r0, r1, inputs in stream_rows(scan, model.preprocessing, start, stop, reader=reader):
             with threads:
                 probabilities = classify(network, inputs, batch_size, dev).reshape(r1 - r0, n_cols, -1)
-            yield r0, r1, probabilities, np.stack([bright.pop(i) for i in range(r0, r1)]).astype(np.float32)
+            yield r0, r1, probabilities, reader.bright_field_rows(r0, r1).astype(np.float32)
     finally:
         reader.close()
 

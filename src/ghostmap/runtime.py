@@ -170,9 +170,10 @@ def predict_with_onnx(scan, reader, network: OnnxNetwork, classes,
             # (paper-size scan: the network waited 1.2-1.4 s for the reader otherwise; BENCHMARKS.md)
             threads = network.threads - 1 if reader.in_background and not reader.finished else None
             probabilities[r0:r1] = network.probabilities(inputs, threads).reshape(r1 - r0, n_cols, -1)
-            bright_field[r0:r1] = np.stack([reader.bright_field.pop(i) for i in range(r0, r1)])
             if progress:
                 progress(r1 * n_cols, n_rows * n_cols)
+        # taken at the end: the first rows' sums wait for the bright-field disk, the network need not
+        bright_field[:] = reader.bright_field_rows(0, n_rows)
     finally:
         reader.close()
     return Prediction(probabilities.argmax(-1).astype(np.int64), probabilities, tuple(classes), bright_field)
