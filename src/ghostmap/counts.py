@@ -412,8 +412,8 @@ class RowReader:
             finder = ThreadPoolExecutor(1, thread_name_prefix="ghostmap-bright-field")
             self._finding = finder.submit(self._find_index, bright_field_index, blocks[0])
             finder.shutdown(wait=False)
+        self.blocks = blocks  # before reading starts: _read looks for the last one
         self._readahead = Readahead(self._read, blocks, ahead)
-        self.blocks = self._readahead.blocks
 
     def _find_index(self, find, block) -> np.ndarray:
         with self.scan.mapped_rows(*block) as raw:
