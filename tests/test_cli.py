@@ -679,6 +679,18 @@ def test_train_failure_keeps_previous_model(cli, tmp_path, tiny):
     assert r.code == 0, r.err  # the old model still loads and its checksum still matches
 
 
+def test_train_stem_chooses_the_first_stage_and_predict_runs_it(cli, tmp_path, tiny):
+    labels = tiny["labels"]
+    r = cli("train", tiny["scan"], "--labels", labels, "--out", tmp_path / "model", "--epochs", "1", "--stem", "stride")
+    assert r.code == 0, r.err
+    assert json.loads((tmp_path / "model" / "model.json").read_text())["stem"] == "stride"
+    assert json.loads((tiny["model"] / "model.json").read_text())["stem"] == "pool"  # the default
+    r = cli("predict", tiny["scan"], "--model", tmp_path / "model", "--out", tmp_path / "out")
+    assert r.code == 0, r.err
+    r = cli("train", tiny["scan"], "--labels", labels, "--out", tmp_path / "other", "--stem", "big")
+    assert r.code == 2 and "--stem" in r.err and not (tmp_path / "other").exists()
+
+
 def test_simulate_malformed_scan_writes_nothing(cli, tmp_path):
     r = cli("simulate", tmp_path / "sim", "--scan", "34by206")
     assert r.code == 1

@@ -445,7 +445,8 @@ class RowReader:
 
     def _sum_unsummed(self) -> None:
         """The bright-field sums of blocks read before the disk was found, read again from the
-        file (only the disk's pixels: a sixth of a paper-size pattern)."""
+        file (from a .npy or plain HDF5 only the pages that hold the disk's pixels: on the
+        paper-size scan a sixth of each pattern)."""
         index = self._known_index(wait=True)
         with self._summing:
             unsummed, self._unsummed = self._unsummed, []

@@ -57,8 +57,7 @@ class EnsembleNet(nn.Module):
     width : int
         Channels of each member's first stage (the compact network's 8).
     stem : str, optional
-        Each member's first stage, as the compact network's (:func:`ghostmap.model.stem_layers`);
-        None: :func:`ghostmap.model.default_stem`.
+        Each member's first stage, as the compact network's (:func:`ghostmap.model.stem_layers`).
 
     Example
     -------
@@ -68,13 +67,13 @@ class EnsembleNet(nn.Module):
     """
 
     def __init__(self, n_classes: int, input_shape: tuple[int, int], members: int = 4, width: int = 8,
-                 stem: str | None = None):
+                 stem: str = "pool"):
         super().__init__()
-        from .model import STEMS, default_stem
+        from .model import STEMS
 
         if members < 1:
             raise ValueError(f"an ensemble needs at least one member, got {members}")
-        self.stem = stem = stem or default_stem(input_shape)
+        self.stem = stem
         if stem not in STEMS:
             raise GhostmapError(f"unknown stem '{stem}'; choose one of {', '.join(STEMS)}")
         k = self.members = int(members)

@@ -66,36 +66,18 @@ class PaperNet(nn.Module):
 
 
 STEMS = ("stride", "pool")
-STRIDE_STEM_MIN_SIZE = 128  # the smallest network input the stride stem is the default for
-
-
-def default_stem(input_shape: tuple[int, int]) -> str:
-    """The compact network's first stage for inputs of ``input_shape``: ``"stride"`` from
-    ``STRIDE_STEM_MIN_SIZE`` pixels a side (where it is faster at the same accuracy), else ``"pool"``.
-
-    On small inputs the ghost disks span a pixel or two, and a strided first convolution
-    samples them too coarsely: on 32 x 32 simulated patterns, three training seeds reached
-    54-78% with the stride stem against 84-87% with the pool stem (BENCHMARKS.md). There the
-    network costs little anyway.
-
-    Example
-    -------
-    >>> default_stem((128, 128)), default_stem((64, 64))
-    ('stride', 'pool')
-    """
-    return "stride" if min(input_shape) >= STRIDE_STEM_MIN_SIZE else "pool"
 
 
 def stem_layers(cin: int, cout: int, stem: str) -> list[nn.Module]:
     """The compact network's first stage, which halves the input's size.
 
-    ``"stride"`` (the default for inputs of 128 px and more, :func:`default_stem`): a stride-2
-    convolution, batch norm and ReLU. ``"pool"`` (the default for smaller inputs, and every model
-    saved before ``model.json`` recorded a stem): a convolution at full size, batch norm, ReLU and
-    a 2 x 2 max-pool. Writing and max-pooling the full-size activations took 40% of the
-    network's time: at 128 x 128, one thread of ONNX Runtime classified a pattern in 0.26 ms with
-    the stride stem against 0.44 ms with the pool stem, at the same accuracy within the spread of
-    training seeds (BENCHMARKS.md, issue 13's fourth round).
+    ``"pool"`` (the default): a convolution at full size, batch norm, ReLU and a 2 x 2 max-pool.
+    ``"stride"`` (``ghostmap train --stem stride``): a stride-2 convolution, batch norm and ReLU.
+    Writing and max-pooling the full-size activations takes 40% of the network's time: at
+    128 x 128, one thread of ONNX Runtime classified a pattern in 0.26 ms with the stride stem
+    against 0.44 ms with the pool stem. It is not the default because it learnt less from few
+    labels: 96.3% against 97.4% with 25 actively sampled labels, and far less on 32 px patterns
+    (BENCHMARKS.md, issue 13's fourth round).
 
     Example
     -------
@@ -118,10 +100,10 @@ class CompactNet(nn.Module):
     is the same at any temperature. ``stem`` is its first stage (:func:`stem_layers`).
     """
 
-    def __init__(self, n_classes: int, input_shape: tuple[int, int], width: int = 8, stem: str | None = None):
+    def __init__(self, n_classes: int, input_shape: tuple[int, int], width: int = 8, stem: str = "pool"):
         super().__init__()
         self.register_buffer("temperature", torch.ones(()), persistent=False)
-        self.stem = stem = stem or default_stem(input_shape)
+        self.stem = stem
         c1, c2, c3, c4 = width, 2 * width, 4 * width, 4 * width
         self.features = nn.Sequential(
             *stem_layers(1, c1, stem), *_conv(c1, c2, True), *_conv(c2, c3, True),
@@ -176,9 +158,9 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
 
 
 def build_network(arch: str, n_classes: int, input_shape: tuple[int, int], members: int = 1,
-                  stem: str | None = None) -> nn.Module:
+                  stem: str = "pool") -> nn.Module:
     """A freshly initialised network of the named architecture (``members`` > 1: a compact ensemble;
-    ``stem``: the compact network's first stage, :func:`stem_layers`; None: :func:`default_stem`)."""
+    ``stem``: the compact network's first stage, :func:`stem_layers`)."""
     if members > 1:
         if arch != "compact":
             raise GhostmapError(f"only the compact architecture comes as an ensemble, not '{arch}'")

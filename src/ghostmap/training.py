@@ -109,14 +109,13 @@ class TrainingOptions:
         loss let one training seed in five call 22% of the vertical domain ``none`` on an
         untuned scan (90.0% against 96.7% balanced; BENCHMARKS.md).
 
-    stem : str, optional
-        Compact network: its first stage. ``"stride"`` is a stride-2 convolution; ``"pool"`` a
-        convolution at the input's full size and a 2 x 2 max-pool, as in models saved before.
-        None: stride for inputs of 128 px a side and more, pool for smaller ones
-        (:func:`ghostmap.model.default_stem`). At 128 px the stride stem's network is 1.7 x
-        faster on the CPU (0.26 against 0.44 ms a pattern); over 15 trainings (25 labels, three
-        simulated scans, five seeds each) it scored 97.4 +- 0.5% against 97.6 +- 0.5%
-        (BENCHMARKS.md, issue 13's fourth round).
+    stem : str
+        Compact network: its first stage. ``"pool"`` (the default) is a convolution at the input's
+        full size and a 2 x 2 max-pool; ``"stride"`` a stride-2 convolution. At 128 px the stride
+        stem's network is 1.7 x faster on the CPU (0.26 against 0.44 ms a pattern) and ``predict``
+        about 1.3 x, but it learnt less from few labels: 96.3 +- 0.7% against 97.4 +- 0.4% with 25
+        actively sampled labels, 97.4 +- 0.5% against 97.6 +- 0.5% with 25 fixed ones over three
+        scans, and far less on 32 px patterns (BENCHMARKS.md, issue 13's fourth round).
 
     Examples
     --------
@@ -157,9 +156,9 @@ class TrainingOptions:
     # "final": "balanced" (cross-entropy weighted by inverse class frequency) or "none"; None: balanced for
     # compact, none for paper
     class_weights: str | None = None
-    # compact network: its first stage, "stride" (a stride-2 convolution) or "pool" (convolution at full
-    # size, then max-pool); None: stride for inputs of 128 px and more, else pool
-    stem: str | None = None
+    # compact network: its first stage, "pool" (convolution at full size, then max-pool) or "stride"
+    # (a stride-2 convolution: a faster network that learnt less from few labels)
+    stem: str = "pool"
 
 
 def stratified_split(y: np.ndarray, val_fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
