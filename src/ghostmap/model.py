@@ -65,7 +65,7 @@ class PaperNet(nn.Module):
         return self.head(self.features(x))
 
 
-STEMS = ("stride", "pool")
+STEMS = ("pool", "stride")
 
 
 def stem_layers(cin: int, cout: int, stem: str) -> list[nn.Module]:
@@ -76,8 +76,8 @@ def stem_layers(cin: int, cout: int, stem: str) -> list[nn.Module]:
     Writing and max-pooling the full-size activations takes 40% of the network's time: at
     128 x 128, one thread of ONNX Runtime classified a pattern in 0.26 ms with the stride stem
     against 0.44 ms with the pool stem. It is not the default because it learnt less from few
-    labels: 96.3% against 97.4% with 25 actively sampled labels, and far less on 32 px patterns
-    (BENCHMARKS.md, issue 13's fourth round).
+    labels: a median of 96.2% against 97.3% over 5 seeds with 25 actively sampled labels, and far
+    less on 32 px patterns (BENCHMARKS.md, issue 13's fourth round).
 
     Example
     -------

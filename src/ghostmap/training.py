@@ -113,9 +113,9 @@ class TrainingOptions:
         Compact network: its first stage. ``"pool"`` (the default) is a convolution at the input's
         full size and a 2 x 2 max-pool; ``"stride"`` a stride-2 convolution. At 128 px the stride
         stem's network is 1.7 x faster on the CPU (0.26 against 0.44 ms a pattern) and ``predict``
-        about 1.3 x, but it learnt less from few labels: 96.3 +- 0.7% against 97.4 +- 0.4% with 25
-        actively sampled labels, 97.4 +- 0.5% against 97.6 +- 0.5% with 25 fixed ones over three
-        scans, and far less on 32 px patterns (BENCHMARKS.md, issue 13's fourth round).
+        about 1.3 x, but it learnt less from few labels: a median of 96.2% against 97.3% over 5
+        seeds with 25 actively sampled labels, 97.4 +- 0.5% against 97.6 +- 0.5% with 25 fixed ones
+        over three scans, and far less on 32 px patterns (BENCHMARKS.md, issue 13's fourth round).
 
     Examples
     --------
