@@ -48,7 +48,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default: ghostmap's)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (1 on a shared machine)")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                   help="a TrainingOptions field for every run, e.g. --set pseudo_labels=300 (repeatable)")
+                   help="a TrainingOptions field for every run, e.g. --set class_weights=none (repeatable)")
     p.add_argument("--tag", default="default", help="name of the code variant, part of the cached run's name")
     p.add_argument("--labels-dir", type=Path, default=table1.PAPER_LABELS, help="the paper authors' YAML files")
     p.add_argument("--workdir", type=Path, default=ROOT / "benchmarks" / "data",
@@ -100,7 +100,7 @@ def one_run(scan, labels, options) -> dict:
     m = model.metrics
     return {"probabilities": result.probabilities, "classes": np.array(result.classes),
             "seconds": np.float64(seconds), "train_accuracy": np.float64(m.get("train_accuracy_all_labels", np.nan)),
-            "retrained": np.int64(m.get("refits", 0)), "pseudo": np.int64(m.get("pseudo_labels", 0)), "temperature": np.float64(m.get("temperature", 1.0))}
+            "retrained": np.int64(m.get("refits", 0)), "temperature": np.float64(m.get("temperature", 1.0))}
 
 
 def summarise(rows: list[dict]) -> dict:
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{args.tag} {args.strategy} {size} ({len(labels)} trained on), training seed {seed}: "
                       f"test {100 * row['test']:.1f}%, all {100 * row['all']:.1f}%, walls {100 * row['wall']:.1f}%, "
                       f"ECE {row['ece']:.4f}, train acc {float(run['train_accuracy']):.3f}, "
-                      f"refits {int(run['retrained'])}, pseudo {int(run.get('pseudo', 0))}, T {float(run['temperature']):.2f}, "
+                      f"refits {int(run['retrained'])}, T {float(run['temperature']):.2f}, "
                       f"{row['seconds']:.0f} s", flush=True)
             s = summary[size] = summarise(rows)
             print(f"== {args.tag} {size} labels: median {100 * s['median']:.1f}%, worst {100 * s['worst']:.1f}% "

@@ -182,6 +182,20 @@ def bright_field_index_of(row: np.ndarray) -> np.ndarray:
     return np.flatnonzero(bright_field_mask(mean))
 
 
+def bright_field_index_of_block(block: np.ndarray) -> np.ndarray:
+    """:func:`bright_field_index_of` the first scan row of a block (rows, cols, det_row, det_col):
+    the finder a :class:`ghostmap.counts.RowReader` that starts at scan row 0 is given.
+
+    Example
+    -------
+    >>> import ghostmap as gm
+    >>> data, _ = gm.simulate_scan((2, 3), detector=32, seed=0)
+    >>> bool((bright_field_index_of_block(data) == bright_field_index(data)).all())
+    True
+    """
+    return bright_field_index_of(np.asarray(block)[0])
+
+
 def describe(scan) -> dict:
     """A JSON-serialisable summary of a scan: where it is, its shape, type and size, and the
     format, reader and calibrations its reader found."""

@@ -238,11 +238,12 @@ def train(
 ):
     """Train a classifier on labelled patterns."""
     from .labels import read_labels, require_trainable
+    from .model import STEMS
     from .training import TrainingOptions, training_preprocessing
     from .training import train as train_model
 
-    if stem not in ("pool", "stride"):
-        raise typer.BadParameter(f"'{stem}' is not one of pool, stride", param_hint="--stem")
+    if stem not in STEMS:
+        raise typer.BadParameter(f"'{stem}' is not one of {', '.join(STEMS)}", param_hint="--stem")
     with _open(data, dataset, scan_shape) as scan:
         given = read_labels(labels, scan_shape=scan.scan_shape)
         require_trainable(given, str(labels))
@@ -454,7 +455,7 @@ def _start_reading(scan, description: dict, readahead: int, model_dir: Path):
     None where that cannot start early (counts that need torch to reduce, or a model that does
     not fit the scan, which prediction then reports in its own words).
     """
-    from .analysis import bright_field_index_of
+    from .analysis import bright_field_index_of_block
     from .counts import CountReduction, block_rows, scan_reader
     from .inputs import Finish, NetworkInputs
     from .modelfile import read_reference
@@ -475,7 +476,7 @@ def _start_reading(scan, description: dict, readahead: int, model_dir: Path):
                            Finish.from_dict(description["preprocessing"], reference))
     # the whole scan: the first block starts at scan row 0, where the bright-field disk is found
     return scan_reader(scan, reduction, rows_per_block=step, ahead=ahead, then=inputs,
-                       bright_field_index=lambda raw: bright_field_index_of(raw[0]))
+                       bright_field_index=bright_field_index_of_block)
 
 
 def reuse_freed_memory(mmap_threshold: int = 256 * 2**20, trim_threshold: int = 512 * 2**20) -> bool:

@@ -19,7 +19,7 @@ from typing import Callable, Iterator, NamedTuple
 import numpy as np
 import torch
 
-from .analysis import bright_field_index, bright_field_index_of
+from .analysis import bright_field_index, bright_field_index_of_block
 from .counts import RowReader
 from .errors import GhostmapError
 from .model import Model, fused_for_inference, pick_device
@@ -295,7 +295,7 @@ def iter_predictions(
     logger.debug("classifying scan rows %d-%d on %s, batches of %d", start, stop, dev, batch_size)
     if reader is None:
         if bf_index is None and start - model.preprocessing.pool // 2 <= 0:  # the first block holds scan row 0
-            bf_index = lambda raw: bright_field_index_of(raw[0])  # noqa: E731 - found from it: row 0 read once
+            bf_index = bright_field_index_of_block  # found beside reading, from the first block's rows
         reader = reader_for(scan, model.preprocessing, start, stop, rows_per_block, ahead=int(prefetch),
                             bright_field_index=bright_field_index(scan) if bf_index is None else bf_index)
     elif reader.bright_field_index is None:

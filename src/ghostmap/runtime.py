@@ -149,11 +149,11 @@ def predict_with_onnx(scan, reader, network: OnnxNetwork, classes,
 
     Example
     -------
-    >>> from ghostmap.analysis import bright_field_index_of                    # doctest: +SKIP
+    >>> from ghostmap.analysis import bright_field_index_of_block              # doctest: +SKIP
     >>> from ghostmap.preprocessing import reader_for                          # doctest: +SKIP
     >>> scan, model = gm.open_scan("scan.npy"), gm.Model.load("model")           # doctest: +SKIP
     >>> reader = reader_for(scan, model.preprocessing,
-    ...                     bright_field_index=lambda raw: bright_field_index_of(raw[0]))  # doctest: +SKIP
+    ...                     bright_field_index=bright_field_index_of_block)    # doctest: +SKIP
     >>> network = OnnxNetwork.from_folder("model", read_description("model"))    # doctest: +SKIP
     >>> predict_with_onnx(scan, reader, network, model.classes).labels.shape     # doctest: +SKIP
     (34, 206)
