@@ -93,22 +93,25 @@ def test_saving_without_a_graph_removes_the_stale_one(tmp_path, monkeypatch):
     assert "onnx_sha256" not in json.loads((folder / "model.json").read_text())
 
 
-@pytest.mark.parametrize("subtract_mean", [False, True])
-def test_predict_with_onnx_gives_the_library_prediction(tmp_path, subtract_mean):
+@pytest.mark.parametrize("subtract_mean, threads", [(False, None), (True, None), (False, 1), (False, 3)])
+def test_predict_with_onnx_gives_the_library_prediction(tmp_path, subtract_mean, threads):
+    """Blocks classified side by side (one per thread) land in their own rows, in order."""
     data, _ = gm.simulate_scan((7, 9), detector=64, seed=2)
     scan = gm.as_scan(data)
     prep = gm.fit_preprocessing(scan, bin=2, pool=3, subtract_mean=subtract_mean)
     model, folder = saved_model(tmp_path, prep=prep)
     expected = gm.predict(scan, model, device="cpu")
     description = read_description(folder)
-    reader = reader_for(scan, Model.load(folder).preprocessing, bright_field_index=lambda raw: bright_field_index_of(raw[0]))
+    reader = reader_for(scan, Model.load(folder).preprocessing, rows_per_block=2,
+                        bright_field_index=lambda raw: bright_field_index_of(raw[0]))
     seen = []
-    got = predict_with_onnx(scan, reader, OnnxNetwork.from_folder(folder, description), description["classes"],
+    network = OnnxNetwork.from_folder(folder, description, threads=threads)
+    got = predict_with_onnx(scan, reader, network, description["classes"],
                             progress=lambda done, total: seen.append((done, total)))
     np.testing.assert_array_equal(got.labels, expected.labels)
     np.testing.assert_allclose(got.probabilities, expected.probabilities, atol=1e-5)
     np.testing.assert_array_equal(got.bright_field, expected.bright_field)
-    assert got.classes == CLASSES and seen[-1] == (63, 63)
+    assert got.classes == CLASSES and seen == sorted(seen) and seen[-1] == (63, 63)
 
 
 def test_a_network_the_exporter_refuses_leaves_torch_to_predict(tmp_path, caplog):

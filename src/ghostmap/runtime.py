@@ -15,6 +15,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
@@ -27,9 +30,10 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["OnnxNetwork", "predict_with_onnx"]
 
-# Patterns per run on the CPU. The compact network at 128 x 128, 2 threads: 0.21-0.25 ms a
-# pattern in runs of 16-38, 0.28-0.33 in runs of 64-128 (BENCHMARKS.md).
-DEFAULT_BATCH = 16
+# Patterns per run on the CPU. predict runs on one thread per block; there the compact network
+# at 128 x 128 took 0.34 ms a pattern in runs of 2-6 and 0.38-0.41 in runs of 16, whose first
+# activations (8 MB) no longer fit a core's cache (BENCHMARKS.md).
+DEFAULT_BATCH = 4
 
 
 class OnnxNetwork:
@@ -60,17 +64,22 @@ class OnnxNetwork:
         self.threads = max(1, int(threads or _usable_cores()))
         self.batch_size = int(batch_size or DEFAULT_BATCH)
         self._sessions: dict[int, object] = {}
-        self._session(self.threads)  # a graph ONNX Runtime refuses fails here, not mid-scan
+        self._lock = threading.Lock()  # sessions are made once, runs of them may go on side by side
+        self._session(1)  # a graph ONNX Runtime refuses fails here, not mid-scan; predict runs this one
 
     def _session(self, threads: int):
-        if threads not in self._sessions:
-            options = self._ort.SessionOptions()
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            session = self._ort.InferenceSession(self.graph, options, providers=["CPUExecutionProvider"])
-            self._sessions[threads] = (session, session.get_inputs()[0].name)
-        return self._sessions[threads]
+        with self._lock:
+            if threads not in self._sessions:
+                self._sessions[threads] = self._new_session(threads)
+            return self._sessions[threads]
+
+    def _new_session(self, threads: int):
+        options = self._ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        session = self._ort.InferenceSession(self.graph, options, providers=["CPUExecutionProvider"])
+        return session, session.get_inputs()[0].name
 
     @classmethod
     def from_folder(cls, directory: str | Path, description: dict, batch_size: int | None = None,
@@ -161,17 +170,33 @@ def predict_with_onnx(scan, reader, network: OnnxNetwork, classes,
     n_rows, n_cols = scan.scan_shape
     probabilities = np.zeros((n_rows, n_cols, len(classes)), np.float32)
     bright_field = np.zeros((n_rows, n_cols), np.float32)
+    pending: deque = deque()  # (r0, r1, future), oldest first
+
+    def finish_oldest() -> None:
+        r0, r1, future = pending.popleft()
+        probabilities[r0:r1] = future.result().reshape(r1 - r0, n_cols, -1)
+        if progress:
+            progress(r1 * n_cols, n_rows * n_cols)
+
+    # Whole blocks run side by side, each on one thread of one session, rather than one block on
+    # all threads: the blocks are independent, so nothing waits on a split of one run, and the
+    # reading thread takes its share of the cores as it needs it (paper-size scan: BENCHMARKS.md).
+    workers = network.threads
     try:
-        for _, made in reader:
-            if made is None:
-                continue
-            r0, r1, inputs = made
-            # one thread fewer while the reading thread still reads: it keeps a core of its own
-            # (paper-size scan: the network waited 1.2-1.4 s for the reader otherwise; BENCHMARKS.md)
-            threads = network.threads - 1 if reader.in_background and not reader.finished else None
-            probabilities[r0:r1] = network.probabilities(inputs, threads).reshape(r1 - r0, n_cols, -1)
-            if progress:
-                progress(r1 * n_cols, n_rows * n_cols)
+        with ThreadPoolExecutor(workers, thread_name_prefix="ghostmap-network") as pool:
+            try:
+                for _, made in reader:
+                    if made is None:
+                        continue
+                    r0, r1, inputs = made
+                    pending.append((r0, r1, pool.submit(network.probabilities, inputs, 1)))
+                    while len(pending) > workers:
+                        finish_oldest()
+                while pending:
+                    finish_oldest()
+            finally:
+                for _, _, future in pending:
+                    future.cancel()
         # taken at the end: the first rows' sums wait for the bright-field disk, the network need not
         bright_field[:] = reader.bright_field_rows(0, n_rows)
     finally:
