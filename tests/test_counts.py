@@ -52,6 +52,26 @@ def test_bin_counts_is_exact_for_signed_and_unsigned(counts):
         np.testing.assert_array_equal(bin_counts(x, 2), expected.astype(np.float32))
 
 
+@pytest.mark.parametrize("dtype", [np.uint16, np.int16])
+def test_repair_gives_the_neighbour_mean_rounded_once(dtype):
+    """Each bad pixel counts as the mean of its good 8-neighbours: the binned result is the exact
+    value (worked out here in float64, pixel by pixel) rounded once to float32."""
+    rng = np.random.default_rng(5)
+    raw = rng.integers(-30000 if dtype == np.int16 else 0, 30000, size=(6, 16, 12)).astype(dtype)
+    bad = [(0, 0), (4, 5), (4, 6), (15, 11)] + [(r, 8) for r in range(16)]
+    reduction = CountReduction(bin=4, bad_pixels=tuple(bad))
+    fixed = raw.astype(np.float64)
+    is_bad = np.zeros((16, 12), bool)
+    for r, c in bad:
+        is_bad[r, c] = True
+    for r, c in bad:
+        near = [(r + i, c + j) for i in (-1, 0, 1) for j in (-1, 0, 1)
+                if (i or j) and 0 <= r + i < 16 and 0 <= c + j < 12 and not is_bad[r + i, c + j]]
+        fixed[:, r, c] = np.mean([raw[:, i, j].astype(np.float64) for i, j in near], axis=0) if near else 0.0
+    expected = fixed.reshape(6, 4, 4, 3, 4).sum((2, 4)).astype(np.float32)
+    np.testing.assert_array_equal(reduction.reduce(raw), expected)
+
+
 def test_count_reduction_from_a_model_description():
     prep = Preprocessing(bin=2, pool=5, pool_mode="max", crop=(0, 8, 0, 8), bad_pixels=[(1, 2)])
     assert CountReduction.from_dict(prep.to_dict()) == prep.count_reduction()
