@@ -19,22 +19,6 @@ from .base import FormatInfo, Opened, one_line, pick_dataset
 
 logger = logging.getLogger(__name__)
 
-HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
-
-
-def is_hdf5(path: Path) -> bool:
-    """Whether ``path`` starts with the HDF5 signature (also after a 512..4096-byte user block)."""
-    try:
-        with open(path, "rb") as f:
-            for offset in (0, 512, 1024, 2048, 4096):
-                f.seek(offset)
-                if f.read(8) == HDF5_SIGNATURE:
-                    return True
-    except OSError:
-        return False
-    return False
-
-
 def hdf5_arrays(group: h5py.Group) -> list[tuple[str, tuple]]:
     """``(path, shape)`` of every dataset under ``group`` (external links are not followed)."""
     found = []

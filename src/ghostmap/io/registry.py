@@ -18,7 +18,6 @@ import numpy as np
 from ghostmap.errors import GhostmapError
 
 from .base import FlatFrames, Opened, Scan, TimeSeries, shape_text
-from .hdf5 import is_hdf5
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +30,22 @@ ALL_SUFFIXES = OTHER_SUFFIXES + HDF5_SUFFIXES + ZARR_SUFFIXES + RSCIIO_SUFFIXES 
 SUPPORTED = ("ghostmap reads .npy, .h5/.hdf5/.emd/.nxs (Dectris masters too), .zarr, .hspy/.zspy, "
              ".dm3/.dm4, .dm5 (+ .raw), .mib, .blo, .tvips, .mrc, EMPAD .xml (+ .raw)")
 _DATASET_KINDS = ("hdf5", "zarr", "hyperspy")
+
+
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def is_hdf5(path: Path) -> bool:
+    """Whether ``path`` starts with the HDF5 signature (also after a 512..4096-byte user block)."""
+    try:
+        with open(path, "rb") as f:
+            for offset in (0, 512, 1024, 2048, 4096):
+                f.seek(offset)
+                if f.read(8) == HDF5_SIGNATURE:
+                    return True
+    except OSError:
+        return False
+    return False
 
 
 def sniff(path: Path) -> str | None:
