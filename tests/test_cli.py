@@ -862,3 +862,31 @@ def plt_image_shape(path: Path) -> tuple[int, ...]:
     import matplotlib.pyplot as plt
 
     return plt.imread(path).shape
+
+
+def test_the_outputs_import_waits_until_the_rows_are_read():
+    """predict's progress starts importing matplotlib only once ``ready()`` (all rows read) or at
+    the last block: beside the reading thread the import would hold it up."""
+    from ghostmap.cli import _ProgressThenImport
+
+    class Bar:
+        def __init__(self):
+            self.seen = []
+
+        def update(self, task, completed):
+            self.seen.append(completed)
+
+    read_all = [False]
+    bar = Bar()
+    progress = _ProgressThenImport(bar, 0, ready=lambda: read_all[0])
+    progress(10, 40)
+    progress(20, 40)
+    assert not progress.started and bar.seen == [10, 20]
+    read_all[0] = True
+    progress(30, 40)
+    assert progress.started
+    last_only = _ProgressThenImport(Bar(), 0, ready=lambda: False)
+    last_only(39, 40)
+    assert not last_only.started
+    last_only(40, 40)
+    assert last_only.started

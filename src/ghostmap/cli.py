@@ -10,7 +10,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import typer
 from rich.console import Console
@@ -381,15 +381,21 @@ def _report_prediction(out_dir: Path, result, name: str) -> None:
 
 
 class _ProgressThenImport:
-    """``progress(done, total)`` for a bar's task that, at the first call, starts importing
-    ``ghostmap.outputs`` (matplotlib, 0.25 s) in a daemon thread: by then the network runs in
-    code that releases the GIL, so the import overlaps it instead of delaying the first rows."""
+    """``progress(done, total)`` for a bar's task that, at the first call after ``ready()``
+    (default: the first call), starts importing ``ghostmap.outputs`` (matplotlib, 0.25 s) in a
+    daemon thread: by then the network runs in code that releases the GIL, so the import
+    overlaps it instead of delaying the first rows.
 
-    def __init__(self, bar, task):
-        self.bar, self.task, self.started = bar, task, False
+    A thread running Python holds up a NumPy reading thread as if they shared one core (each
+    NumPy call waits for the GIL): on the paper-size scan, importing matplotlib beside the
+    reading slowed it by the import's whole 0.2-0.3 s. The ONNX path passes ``ready`` = "all
+    rows read", so the import overlaps only the network's last blocks."""
+
+    def __init__(self, bar, task, ready: Callable[[], bool] | None = None):
+        self.bar, self.task, self.ready, self.started = bar, task, ready, False
 
     def __call__(self, done: int, total: int) -> None:
-        if not self.started:
+        if not self.started and (self.ready is None or self.ready() or done >= total):
             import importlib
             import threading
 
@@ -446,7 +452,7 @@ def _predict_with_onnx(scan, reader, network, description: dict, title: str):
     with _progress() as progress:
         task = progress.add_task(title, total=scan.n_patterns, info="patterns")
         return predict_with_onnx(scan, reader, network, description["classes"],
-                                 progress=_ProgressThenImport(progress, task))
+                                 progress=_ProgressThenImport(progress, task, ready=lambda: reader.finished))
 
 
 def _start_reading(scan, description: dict, readahead: int, model_dir: Path):
