@@ -269,6 +269,8 @@ class CountReduction:
         pattern_bytes = buffer[0].nbytes
         reduced = np.empty((n, h, w), np.float32)
         bright = None if bright_field_index is None else np.empty(n, np.float64)
+        pixels, _, _ = self.repair_operator(pattern_shape)
+        to_repair = np.empty((n, pixels.size), dtype)  # repaired once, after the loop: scipy's call costs
         file.seek(offset)
         for i in range(0, n, chunk):
             k = min(chunk, n - i)
@@ -283,9 +285,12 @@ class CountReduction:
                 raise GhostmapError(f"{getattr(file, 'name', 'the file')} is truncated")
             raw = buffer[:k]
             bin_counts(raw[:, r0 : r0 + h * b, c0 : c0 + w * b], b, out=reduced[i : i + k])
-            self.repair(raw, reduced[i : i + k])
+            if pixels.size:
+                np.take(raw.reshape(k, -1), pixels, axis=1, out=to_repair[i : i + k])
             if bright is not None:
                 bright[i : i + k] = raw.reshape(k, -1)[:, bright_field_index].sum(-1, dtype=np.float64)
+        if pixels.size:
+            self._add_repair(pattern_shape, to_repair, reduced)
         return reduced, bright
 
     def repair_table(self, detector_shape: tuple[int, int]):
@@ -329,11 +334,15 @@ class CountReduction:
         (neighbour mean - bad value): a sparse linear map of the few counts it reads
         (:meth:`repair_operator`; a third of the time of gathering the neighbours per pixel).
         """
-        pixels, bins, operator = self.repair_operator(raw.shape[1:])
-        if pixels.size == 0:
-            return
-        counts = raw.reshape(raw.shape[0], -1)[:, pixels].astype(np.float64)  # exact: one rounding, at the end
-        binned.reshape(binned.shape[0], -1)[:, bins] += (operator @ counts.T).T
+        pixels, _, _ = self.repair_operator(raw.shape[1:])
+        if pixels.size:
+            self._add_repair(raw.shape[1:], raw.reshape(raw.shape[0], -1)[:, pixels], binned)
+
+    def _add_repair(self, detector_shape, counts: np.ndarray, binned: np.ndarray) -> None:
+        """Add the repair to ``binned`` (n, h, w) from the counts (n, pixels) at :meth:`repair_operator`'s pixels."""
+        _, bins, operator = self.repair_operator(detector_shape)
+        # in float64 the counts are exact and the neighbour means nearly so: one rounding, at the end
+        binned.reshape(binned.shape[0], -1)[:, bins] += (operator @ counts.T.astype(np.float64)).T
 
 
 def block_rows(scan, max_bytes: int = 32 * 2**20) -> int:
