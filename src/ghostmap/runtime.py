@@ -170,17 +170,19 @@ def predict_with_onnx(scan, reader, network: OnnxNetwork, classes,
     n_rows, n_cols = scan.scan_shape
     probabilities = np.zeros((n_rows, n_cols, len(classes)), np.float32)
     bright_field = np.zeros((n_rows, n_cols), np.float32)
-    pending: deque = deque()  # (r0, r1, future), oldest first
+    pending: deque = deque()  # (r0, r1, futures of its parts), oldest block first
 
     def finish_oldest() -> None:
-        r0, r1, future = pending.popleft()
-        probabilities[r0:r1] = future.result().reshape(r1 - r0, n_cols, -1)
+        r0, r1, parts = pending.popleft()
+        probabilities[r0:r1] = np.concatenate([part.result() for part in parts]).reshape(r1 - r0, n_cols, -1)
         if progress:
             progress(r1 * n_cols, n_rows * n_cols)
 
     # Whole blocks run side by side, each on one thread of one session, rather than one block on
-    # all threads: the blocks are independent, so nothing waits on a split of one run, and the
-    # reading thread takes its share of the cores as it needs it (paper-size scan: BENCHMARKS.md).
+    # all threads: independent runs scale better than one run split over threads, and the reading
+    # thread takes its share of the cores as it needs it. Blocks that come after the last one is
+    # read are cut into one part per thread, so that the last, which comes alone, still keeps
+    # every core busy (paper-size scan: BENCHMARKS.md, fifth round).
     workers = network.threads
     try:
         with ThreadPoolExecutor(workers, thread_name_prefix="ghostmap-network") as pool:
@@ -189,14 +191,18 @@ def predict_with_onnx(scan, reader, network: OnnxNetwork, classes,
                     if made is None:
                         continue
                     r0, r1, inputs = made
-                    pending.append((r0, r1, pool.submit(network.probabilities, inputs, 1)))
+                    flat = inputs.reshape(-1, *inputs.shape[-2:])
+                    n_parts = min(workers, len(flat)) if reader.finished else 1
+                    pending.append((r0, r1, [pool.submit(network.probabilities, part, 1)
+                                             for part in np.array_split(flat, n_parts)]))
                     while len(pending) > workers:
                         finish_oldest()
                 while pending:
                     finish_oldest()
             finally:
-                for _, _, future in pending:
-                    future.cancel()
+                for _, _, parts in pending:
+                    for part in parts:
+                        part.cancel()
         # taken at the end: the first rows' sums wait for the bright-field disk, the network need not
         bright_field[:] = reader.bright_field_rows(0, n_rows)
     finally:
