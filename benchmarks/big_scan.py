@@ -176,9 +176,9 @@ def section(args, shape, nbytes, ram, make_seconds, result, same, total) -> str:
         f"| {nbytes / 1e9:.1f} GB | {ram / 1e9:.1f} GB | **{result['peak_rss'] / 1e6:,.0f} MB** | "
         f"{result['seconds']:.1f} s | {n / result['seconds']:,.0f} |",
         "",
-        f"- Peak RSS is {result['how']}. Each scan row of the file is mapped, binned and unmapped in "
-        "turn, so the file's pages count in the peak only while their row is being binned; the page cache "
-        "the reads fill is the kernel's, not the process's.",
+        f"- Peak RSS is {result['how']}. The scan rows are read from the file a few patterns at a time "
+        "into one small buffer and binned there, so the file's pages never count in the peak; the page "
+        "cache the reads fill is the kernel's, not the process's.",
         "- Wall time is the whole process (start-up, reading from the disk, preprocessing, classifying, "
         "writing predictions.npz and the figures)"
         + (f"; it read {int(result['fs_inputs']) * 512 / 1e9:.1f} GB from the disk (file system inputs) and "
