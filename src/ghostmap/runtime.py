@@ -46,8 +46,10 @@ class OnnxNetwork:
     batch_size : int, optional
         Patterns per run (default ``DEFAULT_BATCH``).
     threads : int, optional
-        ONNX Runtime's threads (default: the cores this process may use). They sleep rather
-        than spin while they wait, so a reading thread keeps its core.
+        The cores to use (default: those this process may use). :func:`predict_with_onnx` runs
+        that many runs side by side, each on one thread; :meth:`probabilities` alone spreads one
+        run over that many threads. They sleep rather than spin while they wait, so a reading
+        thread gets a core when it needs one.
 
     Example
     -------
