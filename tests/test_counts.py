@@ -213,3 +213,22 @@ def test_reading_needs_no_torch(tmp_path, counts):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["(5,", "7,", "12,", "10)", "5"]
+
+
+def test_no_bad_pixels_no_scipy(tmp_path, counts):
+    """The repair's sparse map needs SciPy (0.1 s to import); a reduction with nothing to repair
+    reads a file without it."""
+    np.save(tmp_path / "scan.npy", counts)
+    code = textwrap.dedent(f"""
+        import sys
+        import numpy as np
+        from ghostmap.counts import CountReduction
+        shape = (24, 20)
+        with open({str(tmp_path / "scan.npy")!r}, "rb", buffering=0) as f:
+            offset = np.load({str(tmp_path / "scan.npy")!r}, mmap_mode="r").offset
+            reduced, _ = CountReduction(bin=2).reduce_file(f, offset, 35, shape, np.uint16)
+        print(reduced.shape, "scipy" in sys.modules)
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["(35,", "12,", "10)", "False"]

@@ -269,7 +269,7 @@ class CountReduction:
         pattern_bytes = buffer[0].nbytes
         reduced = np.empty((n, h, w), np.float32)
         bright = None if bright_field_index is None else np.empty(n, np.float64)
-        pixels, _, _ = self.repair_operator(pattern_shape)
+        pixels, bins, operator = self.repair_operator(pattern_shape)
         to_repair = np.empty((n, pixels.size), dtype)  # repaired once, after the loop: scipy's call costs
         file.seek(offset)
         for i in range(0, n, chunk):
@@ -290,7 +290,7 @@ class CountReduction:
             if bright is not None:
                 bright[i : i + k] = raw.reshape(k, -1)[:, bright_field_index].sum(-1, dtype=np.float64)
         if pixels.size:
-            self._add_repair(pattern_shape, to_repair, reduced)
+            _add_repair(to_repair, reduced, bins, operator)
         return reduced, bright
 
     def repair_table(self, detector_shape: tuple[int, int]):
@@ -313,9 +313,12 @@ class CountReduction:
         flat binned indices ``bins``."""
         shape = ("operator", *(int(v) for v in detector_shape))
         if shape not in self._tables:
+            bad, neighbours, weights, target = self.repair_table(detector_shape)
+            if bad.size == 0:  # nothing to repair: no need for SciPy (0.1 s to import)
+                self._tables[shape] = (np.zeros(0, np.int64), np.zeros(0, np.int64), None)
+                return self._tables[shape]
             from scipy import sparse
 
-            bad, neighbours, weights, target = self.repair_table(detector_shape)
             share = weights.astype(np.float64) / np.maximum(weights.sum(-1, keepdims=True), 1)
             rows = np.concatenate([np.repeat(target, neighbours.shape[1]), target])
             cols = np.concatenate([neighbours.ravel(), bad])
@@ -334,15 +337,16 @@ class CountReduction:
         (neighbour mean - bad value): a sparse linear map of the few counts it reads
         (:meth:`repair_operator`; a third of the time of gathering the neighbours per pixel).
         """
-        pixels, _, _ = self.repair_operator(raw.shape[1:])
+        pixels, bins, operator = self.repair_operator(raw.shape[1:])
         if pixels.size:
-            self._add_repair(raw.shape[1:], raw.reshape(raw.shape[0], -1)[:, pixels], binned)
+            _add_repair(raw.reshape(raw.shape[0], -1)[:, pixels], binned, bins, operator)
 
-    def _add_repair(self, detector_shape, counts: np.ndarray, binned: np.ndarray) -> None:
-        """Add the repair to ``binned`` (n, h, w) from the counts (n, pixels) at :meth:`repair_operator`'s pixels."""
-        _, bins, operator = self.repair_operator(detector_shape)
-        # in float64 the counts are exact and the neighbour means nearly so: one rounding, at the end
-        binned.reshape(binned.shape[0], -1)[:, bins] += (operator @ counts.T.astype(np.float64)).T
+
+def _add_repair(counts: np.ndarray, binned: np.ndarray, bins: np.ndarray, operator) -> None:
+    """Add the repair to ``binned`` (n, h, w) from the counts (n, pixels) at the pixels of
+    :meth:`CountReduction.repair_operator`."""
+    # in float64 the counts are exact and the neighbour means nearly so: one rounding, at the end
+    binned.reshape(binned.shape[0], -1)[:, bins] += (operator @ counts.T.astype(np.float64)).T
 
 
 def block_rows(scan, max_bytes: int = 32 * 2**20) -> int:
