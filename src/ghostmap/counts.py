@@ -342,11 +342,17 @@ class CountReduction:
             _add_repair(raw.reshape(raw.shape[0], -1)[:, pixels], binned, bins, operator)
 
 
+def repair_correction(counts: np.ndarray, operator) -> np.ndarray:
+    """What the repair adds to the bins of :meth:`CountReduction.repair_operator`, float64
+    (n, bins), from the counts (n, pixels) at its pixels. In float64 the counts are exact and the
+    neighbour means nearly so; added to float32 bins, the result is rounded once."""
+    return (operator @ counts.T.astype(np.float64)).T
+
+
 def _add_repair(counts: np.ndarray, binned: np.ndarray, bins: np.ndarray, operator) -> None:
     """Add the repair to ``binned`` (n, h, w) from the counts (n, pixels) at the pixels of
     :meth:`CountReduction.repair_operator`."""
-    # in float64 the counts are exact and the neighbour means nearly so: one rounding, at the end
-    binned.reshape(binned.shape[0], -1)[:, bins] += (operator @ counts.T.astype(np.float64)).T
+    binned.reshape(binned.shape[0], -1)[:, bins] += repair_correction(counts, operator)
 
 
 def block_rows(scan, max_bytes: int = 32 * 2**20) -> int:

@@ -258,15 +258,19 @@ class Preprocessing:
         return self._counts_cache["counts"]
 
     def _repair_bad_pixels(self, raw: torch.Tensor, binned: torch.Tensor) -> None:
-        """:meth:`ghostmap.counts.CountReduction.repair` for float or torch counts: the same
-        table and arithmetic, torch's gathers."""
-        bad, neighbours, weights, target = (torch.as_tensor(t) for t in
-                                            self.count_reduction().repair_table(tuple(raw.shape[1:])))
-        if bad.numel() == 0:
+        """:meth:`ghostmap.counts.CountReduction.repair` for float or torch counts: the same sparse
+        map and float64 arithmetic (on the CPU: a few thousand values per pattern), so both paths
+        give the same repaired bins."""
+        from .counts import repair_correction
+
+        pixels, bins, operator = self.count_reduction().repair_operator(tuple(raw.shape[1:]))
+        if pixels.size == 0:
             return
-        flat = raw.reshape(raw.shape[0], -1)
-        fill = (flat[:, neighbours].to(torch.float32) * weights).sum(-1) / weights.sum(-1).clamp_min(1)
-        binned.view(binned.shape[0], -1).index_add_(1, target, fill - flat[:, bad].to(torch.float32))
+        counts = raw.reshape(raw.shape[0], -1)[:, torch.as_tensor(pixels, device=raw.device)]
+        correction = torch.from_numpy(repair_correction(counts.detach().cpu().numpy(), operator))
+        flat = binned.view(binned.shape[0], -1)
+        index = torch.as_tensor(bins, device=flat.device)
+        flat[:, index] = (flat[:, index].detach().cpu().double() + correction).to(flat.dtype).to(flat.device)
 
 
 def _pool_axis(x: torch.Tensor, axis: int, k: int, mode: str) -> torch.Tensor:
