@@ -891,3 +891,14 @@ def test_the_outputs_import_waits_until_the_rows_are_read():
     assert not last_only.started
     last_only(40, 40)
     assert last_only.started
+
+
+def test_train_gives_the_own_pattern_unless_told_not_to(cli, tiny, tmp_path):
+    description = json.loads((tiny["model"] / "model.json").read_text())
+    assert description["preprocessing"]["own_pattern"] is True  # the default: pooled and own pattern, two channels
+    r = cli("train", tiny["scan"], "--labels", tiny["labels"], "--out", tmp_path / "one", "--epochs", "1",
+            "--no-own-pattern")
+    assert r.code == 0, r.err
+    assert json.loads((tmp_path / "one" / "model.json").read_text())["preprocessing"]["own_pattern"] is False
+    r = cli("predict", tiny["scan"], "--model", tmp_path / "one", "--out", tmp_path / "results")
+    assert r.code == 0, r.err

@@ -36,13 +36,18 @@ def test_pool_axis_is_bit_identical_to_the_torch_pooling(counts, mode, k, axis):
 
 def test_reduce_rows_matches_the_torch_path(counts):
     bad = [(0, 1), (3, 3), (3, 4), (23, 19)] + [(r, 10) for r in range(24)]
-    prep = Preprocessing(bin=4, pool=3, crop=(0, 24, 2, 18), bad_pixels=bad)
+    prep = Preprocessing(bin=4, pool=3, crop=(0, 24, 2, 18), bad_pixels=bad, own_pattern=True)
     reduction = prep.count_reduction()
     fast = reduction.reduce_rows(counts)
     plain = prep.reduce(torch.from_numpy(counts.reshape(-1, 24, 20).astype(np.float32)))  # torch's float path
-    plain = _pool_axis(plain.view(5, 7, *plain.shape[1:]), 1, 3, "mean").numpy()
-    assert fast.shape == (5, 7, 6, 4) and fast.dtype == np.float32
-    np.testing.assert_allclose(fast, plain, rtol=1e-6, atol=1e-5)
+    own = plain.view(5, 7, *plain.shape[1:])
+    pooled = _pool_axis(own, 1, 3, "mean")
+    assert fast.shape == (5, 7, 2, 6, 4) and fast.dtype == np.float32
+    np.testing.assert_allclose(fast[:, :, 0], pooled.numpy(), rtol=1e-6, atol=1e-5)
+    np.testing.assert_allclose(fast[:, :, 1], own.numpy(), rtol=1e-6, atol=1e-5)  # the second channel: unpooled
+    single = Preprocessing(bin=4, pool=3, crop=(0, 24, 2, 18), bad_pixels=bad).count_reduction().reduce_rows(counts)
+    assert single.shape == (5, 7, 1, 6, 4)
+    np.testing.assert_array_equal(single[:, :, 0], fast[:, :, 0])
 
 
 def test_bin_counts_is_exact_for_signed_and_unsigned(counts):
@@ -212,7 +217,7 @@ def test_reading_needs_no_torch(tmp_path, counts):
     """)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split() == ["(5,", "7,", "12,", "10)", "5"]
+    assert proc.stdout.split() == ["(5,", "7,", "1,", "12,", "10)", "5"]
 
 
 def test_no_bad_pixels_no_scipy(tmp_path, counts):

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from ghostmap.errors import GhostmapError
-from ghostmap.model import META_FILE, WEIGHTS_FILE, Model, PaperNet, build_network
+from ghostmap.model import META_FILE, WEIGHTS_FILE, Model, PaperNet, build_network, input_channels
 from ghostmap.preprocessing import Preprocessing
 
 
@@ -77,6 +77,31 @@ def test_the_stem_is_saved_and_a_model_without_one_is_an_old_pool_model(tmp_path
     else:  # the weights no longer fit the network the description asks for: refused, not misread
         with pytest.raises(GhostmapError, match="damaged model"):
             Model.load(tmp_path / "m")
+
+
+def test_the_own_pattern_is_a_second_channel_and_a_model_without_it_has_one(tmp_path):
+    prep = Preprocessing(bin=2, pool=3, own_pattern=True)
+    torch.manual_seed(0)
+    model = Model(build_network("compact", 3, (16, 16), channels=prep.channels).eval(), ("a", "b", "c"), "compact",
+                  prep, (32, 32))
+    model.save(tmp_path / "m")
+    meta = json.loads((tmp_path / "m" / META_FILE).read_text())
+    assert meta["preprocessing"]["own_pattern"] is True
+    again = Model.load(tmp_path / "m")
+    assert again.preprocessing.channels == 2 and input_channels(again.network) == 2
+    x = torch.randn(4, 2, 16, 16)
+    with torch.inference_mode():
+        torch.testing.assert_close(model.network(x), again.network(x))
+    del meta["preprocessing"]["own_pattern"]  # as models saved before it existed: one channel
+    (tmp_path / "m" / META_FILE).write_text(json.dumps(meta))
+    with pytest.raises(GhostmapError, match="damaged model"):  # these weights take two channels: refused, not misread
+        Model.load(tmp_path / "m")
+    old = Model(build_network("compact", 3, (16, 16)).eval(), ("a", "b", "c"), "compact", Preprocessing(bin=2), (32, 32))
+    old.save(tmp_path / "old")
+    meta = json.loads((tmp_path / "old" / META_FILE).read_text())
+    del meta["preprocessing"]["own_pattern"]
+    (tmp_path / "old" / META_FILE).write_text(json.dumps(meta))
+    assert input_channels(Model.load(tmp_path / "old").network) == 1
 
 
 def test_unknown_architecture():

@@ -18,10 +18,10 @@ from ghostmap.reading import as_scan
 CLASSES = ("none", "vertical", "horizontal")
 
 
-def random_model(detector=(32, 32), pool=3, bin=2, seed=0):
+def random_model(detector=(32, 32), pool=3, bin=2, seed=0, own_pattern=True):
     torch.manual_seed(seed)
-    prep = Preprocessing(bin=bin, pool=pool, bad_pixels=[(0, 1)])
-    net = build_network("compact", 3, prep.output_shape(detector))
+    prep = Preprocessing(bin=bin, pool=pool, bad_pixels=[(0, 1)], own_pattern=own_pattern)
+    net = build_network("compact", 3, prep.output_shape(detector), channels=prep.channels)
     # give batch norm non-trivial statistics so the test exercises them
     with torch.no_grad():
         for m in net.modules():
@@ -48,13 +48,15 @@ def test_block_sizes_and_prefetch_do_not_change_predictions(scan, pool):
         np.testing.assert_allclose(other.bright_field, reference.bright_field)
 
 
-def test_prediction_matches_the_training_path(scan):
+@pytest.mark.parametrize("own_pattern", [True, False])  # False: a one-channel model, as saved before the own pattern
+def test_prediction_matches_the_training_path(scan, own_pattern):
     """The network sees the same input for a position in prediction as in training."""
-    model = random_model(pool=3)
+    model = random_model(pool=3, own_pattern=own_pattern)
     result = predict(scan, model, rows_per_block=2)
     rows = np.array([0, 0, 4, 8, 8, 3])
     cols = np.array([0, 10, 5, 0, 10, 1])
-    x = preprocess_positions(scan, rows, cols, model.preprocessing).unsqueeze(1)
+    x = preprocess_positions(scan, rows, cols, model.preprocessing)
+    assert x.shape == (6, 1 + own_pattern, 16, 16)
     with torch.inference_mode():
         expected = torch.softmax(model.network(x), 1).numpy()
     np.testing.assert_allclose(result.probabilities[rows, cols], expected, rtol=1e-4, atol=1e-5)

@@ -96,17 +96,22 @@ def test_max_pool():
     assert pooled[1:4, 1:4].eq(7).all() and pooled.sum() == 63
 
 
+@pytest.mark.parametrize("own_pattern", [False, True])
 @pytest.mark.parametrize("pool", [1, 3, 5])
-def test_row_blocks_and_single_positions_agree(pool):
+def test_row_blocks_and_single_positions_agree(pool, own_pattern):
     """Training (single positions) and prediction (row blocks) must feed the network the same input."""
     rng = np.random.default_rng(pool)
     data = rng.poisson(3, size=(6, 7, 16, 16)).astype(np.uint16)
     scan = as_scan(data)
-    prep = Preprocessing(bin=2, pool=pool, bad_pixels=[(3, 3)])
+    prep = Preprocessing(bin=2, pool=pool, bad_pixels=[(3, 3)], own_pattern=own_pattern)
     rows = preprocess_rows(scan, 1, 5, prep)
     rr, cc = np.mgrid[1:5, 0:7]
     single = preprocess_positions(scan, rr.ravel(), cc.ravel(), prep)
-    torch.testing.assert_close(rows.reshape(-1, 8, 8), single, atol=1e-5, rtol=1e-5)
+    assert single.shape == (28, prep.channels, 8, 8)
+    torch.testing.assert_close(rows.reshape(-1, prep.channels, 8, 8), single, atol=1e-5, rtol=1e-5)
+    if own_pattern:  # the second channel is each position's own pattern, unpooled
+        alone = Preprocessing(bin=2, pool=1, bad_pixels=[(3, 3)])
+        torch.testing.assert_close(single[:, 1], preprocess_positions(scan, rr.ravel(), cc.ravel(), alone)[:, 0])
 
 
 def test_json_round_trip():

@@ -22,15 +22,18 @@ CLASSES = ("none", "vertical", "horizontal")
 
 def torch_probabilities(network, x):
     with torch.inference_mode():
-        return torch.softmax(network.eval()(torch.from_numpy(x)[:, None]), 1).numpy()
+        x = torch.from_numpy(x)
+        return torch.softmax(network.eval()(x[:, None] if x.ndim == 3 else x), 1).numpy()
 
 
-@pytest.mark.parametrize("arch,members,stem", [("compact", 1, "stride"), ("compact", 1, "pool"), ("paper", 1, "stride"),
-                                               ("compact", 3, "stride")])
-def test_the_exported_graph_gives_the_networks_probabilities(arch, members, stem):
+@pytest.mark.parametrize("arch,members,stem,channels", [("compact", 1, "stride", 1), ("compact", 1, "pool", 1),
+                                                        ("paper", 1, "stride", 1), ("compact", 3, "stride", 1),
+                                                        ("compact", 1, "pool", 2), ("compact", 3, "pool", 2)])
+def test_the_exported_graph_gives_the_networks_probabilities(arch, members, stem, channels):
     torch.manual_seed(0)
-    network = build_network(arch, 3, (32, 32), members=members, stem=stem).eval()
-    x = np.random.default_rng(0).standard_normal((21, 32, 32)).astype(np.float32)
+    network = build_network(arch, 3, (32, 32), members=members, stem=stem, channels=channels).eval()
+    shape = (21, 32, 32) if channels == 1 else (21, channels, 32, 32)
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     onnx_network = OnnxNetwork(export_onnx(network, (32, 32)), batch_size=8)  # runs of 8, 8 and 5
     expected = torch_probabilities(network, x)
     for threads in (1, 2):
@@ -60,8 +63,8 @@ def test_the_graph_carries_the_calibration_temperature(tmp_path):
 def saved_model(tmp_path, detector=64, prep=None):
     torch.manual_seed(1)
     prep = prep or gm.Preprocessing(bin=2, pool=3)
-    model = Model(build_network("compact", 3, prep.output_shape((detector, detector))).eval(), CLASSES, "compact",
-                  prep, (detector, detector))
+    model = Model(build_network("compact", 3, prep.output_shape((detector, detector)), channels=prep.channels).eval(),
+                  CLASSES, "compact", prep, (detector, detector))
     return model, model.save(tmp_path / "model")
 
 
@@ -93,12 +96,13 @@ def test_saving_without_a_graph_removes_the_stale_one(tmp_path, monkeypatch):
     assert "onnx_sha256" not in json.loads((folder / "model.json").read_text())
 
 
-@pytest.mark.parametrize("subtract_mean, threads", [(False, None), (True, None), (False, 1), (False, 3)])
-def test_predict_with_onnx_gives_the_library_prediction(tmp_path, subtract_mean, threads):
+@pytest.mark.parametrize("subtract_mean, threads, own_pattern", [(False, None, False), (True, None, False), (False, 1, False),
+                                                               (False, 3, False), (False, None, True), (True, 3, True)])
+def test_predict_with_onnx_gives_the_library_prediction(tmp_path, subtract_mean, threads, own_pattern):
     """Blocks classified side by side (one per thread) land in their own rows, in order."""
     data, _ = gm.simulate_scan((7, 9), detector=64, seed=2)
     scan = gm.as_scan(data)
-    prep = gm.fit_preprocessing(scan, bin=2, pool=3, subtract_mean=subtract_mean)
+    prep = gm.fit_preprocessing(scan, bin=2, pool=3, subtract_mean=subtract_mean, own_pattern=own_pattern)
     model, folder = saved_model(tmp_path, prep=prep)
     expected = gm.predict(scan, model, device="cpu")
     description = read_description(folder)
@@ -112,6 +116,7 @@ def test_predict_with_onnx_gives_the_library_prediction(tmp_path, subtract_mean,
     np.testing.assert_allclose(got.probabilities, expected.probabilities, atol=1e-5)
     np.testing.assert_array_equal(got.bright_field, expected.bright_field)
     assert got.classes == CLASSES and seen == sorted(seen) and seen[-1] == (63, 63)
+    assert network.channels == prep.channels
 
 
 def test_a_network_the_exporter_refuses_leaves_torch_to_predict(tmp_path, caplog):

@@ -20,6 +20,7 @@ from ghostmap.training import (
     stratified_split,
     swap_pairs,
     train,
+    training_preprocessing,
 )
 
 
@@ -194,12 +195,25 @@ def test_nuisance_augmentation_shifts_by_subpixels_and_keeps_patterns_standardis
     assert not torch.allclose(g, z, atol=1e-3)
     # the brightest pixel of each pattern stays the brightest: a power keeps the order of intensities
     assert torch.equal(g.flatten(1).argmax(1), z.flatten(1).argmax(1))
+    two = torch.randn(8, 2, 16, 16) * torch.tensor([1.0, 5.0]).view(1, 2, 1, 1)  # pooled and own channels
+    two = (two - two.mean((2, 3), keepdim=True)) / two.std((2, 3), keepdim=True)
+    g2 = nuisance_batch(two, 0.0, 0.2, gen)
+    assert torch.allclose(g2.mean((2, 3)), torch.zeros(8, 2), atol=1e-5)  # each channel standardised on its own
+    assert torch.allclose(g2.std((2, 3)), torch.ones(8, 2), atol=1e-4)
     assert nuisance_of(TrainingOptions()) == (1.0, 0.2)
     assert nuisance_of(TrainingOptions(arch="paper")) == (0.0, 0.0)
     assert nuisance_of(TrainingOptions(shift=0.0, power=0.1)) == (0.0, 0.1)
     # the shift is given for a 128-px input, scales with the input, and is off below 128 px (where smoothing hurt)
     assert input_shift(1.0, (128, 128)) == 1.0 and input_shift(1.0, (256, 128)) == 2.0
     assert input_shift(0.5, (128, 64)) == 0.5 and input_shift(1.0, (64, 64)) == 0.0 == input_shift(1.0, (32, 32))
+
+
+def test_the_compact_network_gets_the_own_pattern_by_default(small_scan):
+    scan, _ = small_scan
+    assert training_preprocessing(scan).channels == 2
+    assert training_preprocessing(scan, "paper").channels == 1  # the paper's recipe, unchanged
+    assert training_preprocessing(scan, pool=1).channels == 1  # nothing pooled: the own pattern is the input
+    assert training_preprocessing(scan, own_pattern=False).channels == 1
 
 
 def test_scan_temperature_calibrates_one_network_without_changing_its_classes(small_scan, tmp_path):

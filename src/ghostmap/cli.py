@@ -227,6 +227,10 @@ def train(
     gamma: float = typer.Option(0.5, "--gamma"),
     pool: int = typer.Option(3, "--pool", help="Pool k x k neighbouring probe positions (odd k; 1 = off)."),
     pool_mode: str = typer.Option("mean", "--pool-mode", help="mean (default) or max."),
+    own_pattern: Optional[bool] = typer.Option(
+        None, "--own-pattern/--no-own-pattern",
+        help="Give the network each position's own pattern beside the pooled one, so pooling does not blur "
+             "domain walls (default: on for compact with --pool above 1; off for paper)."),
     augment: bool = typer.Option(True, "--augment/--no-augment", help="Flips and transposes that respect the classes."),
     stem: str = typer.Option("pool", "--stem", help="compact: its first stage, pool (default) or stride (a 1.7 x faster "
                              "network that learnt less from few labels; BENCHMARKS.md)."),
@@ -248,7 +252,7 @@ def train(
         given = read_labels(labels, scan_shape=scan.scan_shape)
         require_trainable(given, str(labels))
         prep = training_preprocessing(scan, arch, bin=bin_factor, crop=_crop(crop), transform=transform, gamma=gamma,
-                                      pool=pool, pool_mode=pool_mode)
+                                      pool=pool, pool_mode=pool_mode, own_pattern=own_pattern)
         options = TrainingOptions(arch=arch, epochs=epochs, seed=seed, augment=augment, device=device, members=members,
                                   stem=stem)
         with _progress() as progress:

@@ -82,8 +82,9 @@ def bin_counts(patterns: np.ndarray, b: int, chunk: int = 4, out: np.ndarray | N
     return out
 
 
-def pool_axis(x: np.ndarray, axis: int, k: int, mode: str = "mean") -> np.ndarray:
-    """Mean or max over a window of ``k`` positions along ``axis``, edges truncated (never wrapped).
+def pool_axis(x: np.ndarray, axis: int, k: int, mode: str = "mean", out: np.ndarray | None = None) -> np.ndarray:
+    """Mean or max over a window of ``k`` positions along ``axis``, edges truncated (never wrapped),
+    into ``out`` (an array of ``x``'s shape; default a new one).
 
     Example
     -------
@@ -91,7 +92,10 @@ def pool_axis(x: np.ndarray, axis: int, k: int, mode: str = "mean") -> np.ndarra
     array([1.5, 3. , 4.5], dtype=float32)
     """
     n = x.shape[axis]
-    out = x.copy()
+    if out is None:
+        out = x.copy()
+    else:
+        np.copyto(out, x)
     count = np.ones(n, x.dtype)
     for shift in range(1, k // 2 + 1):
         if shift >= n:
@@ -162,6 +166,9 @@ class CountReduction:
         Odd k of the k x k pooling; here only the k probe positions along a scan row.
     pool_mode : str
         ``"mean"`` or ``"max"``.
+    own_pattern : bool
+        Keep each position's own pattern beside the pooled one, as a second channel
+        (:attr:`channels`); see :class:`ghostmap.preprocessing.Preprocessing`.
 
     Example
     -------
@@ -175,6 +182,7 @@ class CountReduction:
     bad_pixels: tuple[tuple[int, int], ...] = ()
     pool: int = 1
     pool_mode: str = "mean"
+    own_pattern: bool = False
     _tables: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
@@ -186,7 +194,12 @@ class CountReduction:
         crop = d.get("crop")
         return cls(int(d["bin"]), tuple(int(v) for v in crop) if crop is not None else None,
                    tuple((int(r), int(c)) for r, c in d.get("bad_pixels", ())), int(d.get("pool", 1)),
-                   str(d.get("pool_mode", "mean")))
+                   str(d.get("pool_mode", "mean")), bool(d.get("own_pattern", False)))
+
+    @property
+    def channels(self) -> int:
+        """Network input channels: the pooled patterns, and with ``own_pattern`` each position's own."""
+        return 2 if self.own_pattern else 1
 
     def window(self, detector_shape: tuple[int, int]) -> tuple[int, int, int, int]:
         """(row_start, col_start, h, w): where the binned window starts and its binned size."""
@@ -213,14 +226,28 @@ class CountReduction:
 
     def reduce_rows(self, rows: np.ndarray) -> np.ndarray:
         """Raw scan rows (rows, cols, det_row, det_col) -> reduced, pooled across scan columns
-        (rows, cols, h, w) float32."""
+        (rows, cols, channels, h, w) float32 (:meth:`pool_columns`)."""
         n_rows, n_cols = rows.shape[:2]
         reduced = self.reduce(rows.reshape(-1, *rows.shape[2:]))
         return self.pool_columns(reduced.reshape(n_rows, n_cols, *reduced.shape[1:]))
 
     def pool_columns(self, reduced: np.ndarray) -> np.ndarray:
-        """Pool reduced rows (rows, cols, h, w) across scan columns."""
-        return pool_axis(reduced, 1, self.pool, self.pool_mode) if self.pool > 1 else reduced
+        """Pool reduced rows (rows, cols, h, w) across scan columns: (rows, cols, channels, h, w),
+        the pooled patterns in channel 0 and, with ``own_pattern``, the unpooled ones in channel 1
+        (pooling across scan rows, :func:`ghostmap.inputs.pool_rows`, leaves that one alone).
+
+        Example
+        -------
+        >>> rows = np.arange(3, dtype=np.float32).reshape(1, 3, 1, 1)
+        >>> CountReduction(1, pool=3, own_pattern=True).pool_columns(rows)[0, :, :, 0, 0].tolist()
+        [[0.5, 0.0], [1.0, 1.0], [1.5, 2.0]]
+        """
+        if not self.own_pattern:
+            return (pool_axis(reduced, 1, self.pool, self.pool_mode) if self.pool > 1 else reduced)[:, :, None]
+        out = np.empty((*reduced.shape[:2], 2, *reduced.shape[2:]), reduced.dtype)
+        out[:, :, 1] = reduced
+        pool_axis(reduced, 1, self.pool, self.pool_mode, out=out[:, :, 0])
+        return out
 
     def reduce_file(self, file, offset: int, n: int, pattern_shape: tuple[int, int], dtype,
                     bright_field_index=None, chunk: int = 4) -> tuple[np.ndarray, np.ndarray | None]:
@@ -430,7 +457,7 @@ class RowReader:
     >>> scan = Scan(np.ones((4, 3, 8, 8), np.uint16))
     >>> reader = RowReader(scan, CountReduction(bin=2), row_blocks(4, 1, 0, 4, 2))
     >>> [(block, rows.shape) for block, rows in reader]
-    [((0, 2), (2, 3, 4, 4)), ((2, 4), (2, 3, 4, 4))]
+    [((0, 2), (2, 3, 1, 4, 4)), ((2, 4), (2, 3, 1, 4, 4))]
     """
 
     def __init__(self, scan, reduction: CountReduction, blocks, bright_field_index=None, ahead: int = 1,

@@ -34,7 +34,7 @@ __all__ = ["EnsembleNet", "fit_temperature", "neighbour_classes", "scan_temperat
 
 
 def _stage(cin: int, cout: int, members: int, first: bool = False, stem: str = "pool") -> list[nn.Module]:
-    # the first stage reads the one input channel: a plain convolution to K x cout filters is each
+    # the first stage reads the input's channels: a plain convolution to K x cout filters is each
     # member's own first convolution; with the "stride" stem it halves the size itself
     stride = 2 if first and stem == "stride" else 1
     conv = nn.Conv2d(cin if first else members * cin, members * cout, 3, stride=stride, padding=1, bias=False,
@@ -58,6 +58,8 @@ class EnsembleNet(nn.Module):
         Channels of each member's first stage (the compact network's 8).
     stem : str, optional
         Each member's first stage, as the compact network's (:func:`ghostmap.model.stem_layers`).
+    channels : int, optional
+        Of the input (:attr:`ghostmap.preprocessing.Preprocessing.channels`).
 
     Example
     -------
@@ -67,7 +69,7 @@ class EnsembleNet(nn.Module):
     """
 
     def __init__(self, n_classes: int, input_shape: tuple[int, int], members: int = 4, width: int = 8,
-                 stem: str = "pool"):
+                 stem: str = "pool", channels: int = 1):
         super().__init__()
         from .model import STEMS
 
@@ -81,7 +83,7 @@ class EnsembleNet(nn.Module):
         c1, c2, c3, c4 = width, 2 * width, 4 * width, 4 * width
         self.c4 = c4
         self.features = nn.Sequential(
-            *_stage(1, c1, k, first=True, stem=stem), *_stage(c1, c2, k), *_stage(c2, c3, k),
+            *_stage(channels, c1, k, first=True, stem=stem), *_stage(c1, c2, k), *_stage(c2, c3, k),
             nn.Conv2d(k * c3, k * c4, 3, padding=1, bias=False, groups=k), nn.BatchNorm2d(k * c4),
             nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(4),
         )

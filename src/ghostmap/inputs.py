@@ -67,13 +67,14 @@ class Finish:
         return bool(np.array_equal(self.reference, other.reference))
 
     def __call__(self, counts, chunk: int = 8) -> np.ndarray:
-        """Network inputs float32 (n, h, w) from binned counts (n, h, w); ``counts`` is left as it is.
+        """Network inputs float32 (..., h, w) from binned counts (..., h, w), each (h, w) pattern
+        (each channel of each position) on its own; ``counts`` is left as it is.
 
         ``chunk`` patterns at a time (8 of 128 x 128: 512 kB, within a core's cache).
         """
         counts = np.asarray(counts)
-        n = counts.shape[0]
-        flat = counts.reshape(n, -1)
+        flat = counts.reshape(-1, counts.shape[-2] * counts.shape[-1])
+        n = flat.shape[0]
         out = np.empty(flat.shape, np.float32)
         reference = None if self.reference is None else np.asarray(self.reference, np.float32).reshape(1, -1)
         for i in range(0, n, chunk):
@@ -96,18 +97,21 @@ class Finish:
 
 def pool_rows(rows: dict, r0: int, r1: int, lo: int, hi: int, half: int, mode: str) -> np.ndarray:
     """Pool scan rows [r0, r1) over their neighbours within [lo, hi), from ``rows`` (scan row ->
-    (cols, h, w)): for each row its own counts, then the neighbours one, two ... rows away,
-    above before below, then the mean (or the maximum), edges truncated.
+    (cols, channels, h, w), as :meth:`ghostmap.counts.CountReduction.pool_columns` gives them):
+    for each row its own counts, then the neighbours one, two ... rows away, above before below,
+    then the mean (or the maximum), edges truncated. Only channel 0, the pooled patterns, is
+    pooled; a second channel (each position's own pattern) is kept as it is.
 
     Example
     -------
-    >>> rows = {r: np.full((1, 1, 1), float(r), np.float32) for r in range(3)}
-    >>> pool_rows(rows, 0, 3, 0, 3, 1, "mean").ravel().tolist()
-    [0.5, 1.0, 1.5]
+    >>> rows = {r: np.full((1, 2, 1, 1), float(r), np.float32) for r in range(3)}
+    >>> pool_rows(rows, 0, 3, 0, 3, 1, "mean")[:, 0, :, 0, 0].tolist()
+    [[0.5, 0.0], [1.0, 1.0], [1.5, 2.0]]
     """
     out = np.stack([rows[r] for r in range(r0, r1)])
     if half == 0:
         return out
+    pooled = out[:, :, 0]
     count = np.ones(r1 - r0, out.dtype)
     for shift in range(1, half + 1):
         for sign in (-1, 1):
@@ -115,12 +119,12 @@ def pool_rows(rows: dict, r0: int, r1: int, lo: int, hi: int, half: int, mode: s
                 other = r + sign * shift
                 if lo <= other < hi:
                     if mode == "mean":
-                        out[i] += rows[other]
+                        pooled[i] += rows[other][:, 0]
                         count[i] += 1
                     else:
-                        np.maximum(out[i], rows[other], out=out[i])
+                        np.maximum(pooled[i], rows[other][:, 0], out=pooled[i])
     if mode == "mean":
-        out /= count.reshape(-1, 1, 1, 1)
+        pooled /= count.reshape(-1, 1, 1, 1)
     return out
 
 
@@ -129,7 +133,8 @@ class NetworkInputs:
 
     Called with each block of rows in order (the rows pooling needs on either side of
     [start, stop) included, as :func:`ghostmap.counts.row_blocks` gives them), already
-    pooled across scan columns; returns ``(row_start, row_stop, inputs (rows, cols, h, w))``
+    pooled across scan columns (rows, cols, channels, h, w); returns
+    ``(row_start, row_stop, inputs (rows, cols, channels, h, w))``
     for the output rows that are complete, or None while none is. Only the rows that pooling
     still needs are kept, so memory stays bounded whatever the scan size. It keeps state
     between calls, so one object serves one pass over the rows.
@@ -150,7 +155,7 @@ class NetworkInputs:
     Example
     -------
     >>> stage = NetworkInputs(2, 0, 2, 3, "mean", Finish(normalise="none"))
-    >>> rows = np.array([[[[1.0]]], [[[9.0]]]], np.float32)
+    >>> rows = np.array([[[[1.0]]], [[[9.0]]]], np.float32)[:, :, None]
     >>> r0, r1, x = stage((0, 2), rows)
     >>> r0, r1, x.ravel().tolist()
     (0, 2, [2.2360680103302, 2.2360680103302])
@@ -178,7 +183,7 @@ class NetworkInputs:
             return None
         r0 = self._next
         pooled = pool_rows(self._kept, r0, ready, self.lo, self.hi, self.half, self.pool_mode)
-        inputs = self.finish(pooled.reshape(-1, *pooled.shape[2:])).reshape(pooled.shape)
+        inputs = self.finish(pooled)
         self._next = ready
         for r in [r for r in self._kept if r < ready - self.half]:
             del self._kept[r]

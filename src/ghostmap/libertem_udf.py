@@ -124,16 +124,16 @@ def _on_rows(values, start: int, cols: int, fill):
 
 
 def _pool_run(prep: Preprocessing, reduced: torch.Tensor, start: int, cols: int) -> torch.Tensor:
-    """Pooled patterns for a run of frames starting at flat position ``start``.
+    """Pooled network inputs (n, channels, h, w) for a run of frames starting at flat position ``start``.
 
     Exact for every position whose neighbourhood lies inside the run (the padding never
     enters such a neighbourhood, and the scan's column edges are the grid's).
     """
-    if prep.pool == 1:
-        return reduced
+    if prep.pool == 1 and not prep.own_pattern:
+        return reduced.unsqueeze(1)
     n, h, w = reduced.shape
     grid, lead = _on_rows(reduced, start, cols, 0.0)
-    return prep.pool_block(grid).reshape(-1, h, w)[lead : lead + n]
+    return prep.pool_block(grid).reshape(-1, prep.channels, h, w)[lead : lead + n]
 
 
 def _window_any(mask: np.ndarray, start: int, cols: int, k: int) -> np.ndarray:
@@ -378,7 +378,7 @@ class GhostmapUDF(UDF):
                 needed = ndi.maximum_filter(here, size=k, mode="constant").reshape(-1) > 0
                 if (needed & ~have).any():
                     raise RuntimeError("GhostmapUDF: a reduced pattern near a partition boundary is missing")
-                pooled = prep.pool_block(block.view(hi - lo, cols, h, w)).reshape(-1, h, w)
+                pooled = prep.pool_block(block.view(hi - lo, cols, h, w)).reshape(-1, prep.channels, h, w)
                 _classify_into(rt, pooled, (s - lo) * cols + sel, probabilities, s * cols + sel)
                 classified[s * cols + sel] = True
         freeable = _window_all(classified.reshape(rows, cols), k).reshape(-1)

@@ -51,12 +51,12 @@ def _conv(cin: int, cout: int, norm: bool = False) -> list[nn.Module]:
 
 
 class PaperNet(nn.Module):
-    """The paper's CNN (Figure 4), for a 1 x h x w input."""
+    """The paper's CNN (Figure 4), for a channels x h x w input (the paper's: one channel)."""
 
-    def __init__(self, n_classes: int, input_shape: tuple[int, int]):
+    def __init__(self, n_classes: int, input_shape: tuple[int, int], channels: int = 1):
         super().__init__()
         h, w = input_shape
-        self.features = nn.Sequential(*_conv(1, 16), *_conv(16, 32), *_conv(32, 64))
+        self.features = nn.Sequential(*_conv(channels, 16), *_conv(16, 32), *_conv(32, 64))
         self.head = nn.Sequential(
             nn.Flatten(), nn.Linear(64 * (h // 8) * (w // 8), 128), nn.ReLU(inplace=True), nn.Linear(128, n_classes)
         )
@@ -97,16 +97,18 @@ class CompactNet(nn.Module):
     Its output is the logits divided by ``temperature`` (1 while training; after it, the value
     :func:`ghostmap.training.train` fitted, kept in ``model.json``'s metrics rather than in the
     weights), so ``softmax`` of the output is the calibrated probability and the winning class
-    is the same at any temperature. ``stem`` is its first stage (:func:`stem_layers`).
+    is the same at any temperature. ``stem`` is its first stage (:func:`stem_layers`); ``channels``
+    the input's (2 with :attr:`ghostmap.preprocessing.Preprocessing.own_pattern`).
     """
 
-    def __init__(self, n_classes: int, input_shape: tuple[int, int], width: int = 8, stem: str = "pool"):
+    def __init__(self, n_classes: int, input_shape: tuple[int, int], width: int = 8, stem: str = "pool",
+                 channels: int = 1):
         super().__init__()
         self.register_buffer("temperature", torch.ones(()), persistent=False)
         self.stem = stem
         c1, c2, c3, c4 = width, 2 * width, 4 * width, 4 * width
         self.features = nn.Sequential(
-            *stem_layers(1, c1, stem), *_conv(c1, c2, True), *_conv(c2, c3, True),
+            *stem_layers(channels, c1, stem), *_conv(c1, c2, True), *_conv(c2, c3, True),
             nn.Conv2d(c3, c4, 3, padding=1, bias=False), nn.BatchNorm2d(c4), nn.ReLU(inplace=True),
             nn.AdaptiveAvgPool2d(4),
         )
@@ -158,22 +160,35 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
 
 
 def build_network(arch: str, n_classes: int, input_shape: tuple[int, int], members: int = 1,
-                  stem: str = "pool") -> nn.Module:
+                  stem: str = "pool", channels: int = 1) -> nn.Module:
     """A freshly initialised network of the named architecture (``members`` > 1: a compact ensemble;
-    ``stem``: the compact network's first stage, :func:`stem_layers`)."""
+    ``stem``: the compact network's first stage, :func:`stem_layers`; ``channels``: of its input,
+    :attr:`ghostmap.preprocessing.Preprocessing.channels`)."""
     if members > 1:
         if arch != "compact":
             raise GhostmapError(f"only the compact architecture comes as an ensemble, not '{arch}'")
         from .ensemble import EnsembleNet
 
-        return EnsembleNet(n_classes, input_shape, members=members, stem=stem)
+        return EnsembleNet(n_classes, input_shape, members=members, stem=stem, channels=channels)
     if arch == "paper":
         if min(input_shape) < 8:
             raise GhostmapError(f"the paper architecture needs inputs of at least 8 x 8, got {input_shape}")
-        return PaperNet(n_classes, input_shape)
+        return PaperNet(n_classes, input_shape, channels=channels)
     if arch == "compact":
-        return CompactNet(n_classes, input_shape, stem=stem)
+        return CompactNet(n_classes, input_shape, stem=stem, channels=channels)
     raise GhostmapError(f"unknown architecture '{arch}'; choose one of {', '.join(ARCHITECTURES)}")
+
+
+def input_channels(network: nn.Module) -> int:
+    """Channels of the input ``network`` takes: those of its first convolution.
+
+    Example
+    -------
+    >>> input_channels(build_network("compact", 3, (32, 32), channels=2))
+    2
+    """
+    first = next((m for m in network.modules() if isinstance(m, nn.Conv2d)), None)
+    return 1 if first is None else int(first.in_channels)
 
 
 def fused_for_inference(network: nn.Module) -> nn.Module:
@@ -291,11 +306,12 @@ def export_onnx(network: nn.Module, input_shape: tuple[int, int]) -> bytes | Non
     import warnings
 
     copy_ = copy.deepcopy(network).cpu().eval()
+    channels = input_channels(copy_)
     out = io.BytesIO()
     try:
         with warnings.catch_warnings():  # torch announces its newer exporter; this one needs no extra packages
             warnings.simplefilter("ignore")
-            torch.onnx.export(copy_, torch.zeros(1, 1, *input_shape), out, input_names=["patterns"],
+            torch.onnx.export(copy_, torch.zeros(1, channels, *input_shape), out, input_names=["patterns"],
                               output_names=["logits"], dynamic_axes={"patterns": {0: "n"}, "logits": {0: "n"}},
                               dynamo=False)
     except Exception as exc:  # noqa: BLE001 - any failure means: no ONNX file, predict uses torch
@@ -316,8 +332,8 @@ class Model:
     Parameters
     ----------
     network : torch.nn.Module
-        The classifier, taking (n, 1, h, w) preprocessed patterns to (n, len(classes)) scores;
-        see ``build_network``.
+        The classifier, taking (n, channels, h, w) preprocessed patterns to (n, len(classes))
+        scores (``preprocessing.channels``); see ``build_network``.
     classes : tuple of str
         The class names, in the order of the network's outputs.
     arch : str
@@ -481,7 +497,8 @@ class Model:
             prep = Preprocessing.from_dict(meta["preprocessing"])
             detector_shape = tuple(int(v) for v in meta["detector_shape"])
             network = build_network(meta["arch"], len(classes), prep.output_shape(detector_shape),
-                                    members=int(meta.get("members", 1)), stem=str(meta.get("stem", "pool")))
+                                    members=int(meta.get("members", 1)), stem=str(meta.get("stem", "pool")),
+                                    channels=prep.channels)
             state = read_weights()
             reference = state.pop(REFERENCE_KEY, None)
             if prep.subtract_mean and reference is None:

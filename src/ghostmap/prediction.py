@@ -22,7 +22,7 @@ import torch
 from .analysis import bright_field_index, bright_field_index_of_block
 from .counts import RowReader
 from .errors import GhostmapError
-from .model import Model, fused_for_inference, pick_device
+from .model import Model, fused_for_inference, input_channels, pick_device
 from .preprocessing import reader_for, stream_rows
 from .reading import as_scan
 from .result import Prediction
@@ -52,7 +52,7 @@ def activation_bytes(network: torch.nn.Module, input_shape: tuple[int, int]) -> 
     handles = [m.register_forward_hook(hook) for m in leaves]
     try:
         param = next(network.parameters(), None)
-        x = torch.zeros(1, 1, *input_shape, device=param.device if param is not None else "cpu")
+        x = torch.zeros(1, input_channels(network), *input_shape, device=param.device if param is not None else "cpu")
         with torch.inference_mode():
             network(x)
     finally:
@@ -244,8 +244,9 @@ def _fallback_warning(mode: str, exc: BaseException) -> None:
 
 
 def classify(network: torch.nn.Module, inputs: torch.Tensor, batch_size: int, device: torch.device) -> np.ndarray:
-    """Class probabilities (N, C) float32 for network inputs (N, h, w) or (N, 1, h, w)."""
-    x = inputs.reshape(-1, 1, *inputs.shape[-2:]).contiguous(memory_format=torch.channels_last)
+    """Class probabilities (N, classes) float32 for network inputs (..., channels, h, w), N
+    positions: every axis before the channels' counts positions."""
+    x = inputs.reshape(-1, *inputs.shape[-3:]).contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
         out = [torch.softmax(network(x[b : b + batch_size].to(device)).float(), dim=1).cpu()
                for b in range(0, x.shape[0], batch_size)]

@@ -9,7 +9,11 @@ paper authors' code suffered from). The steps, in order:
    one hot pixel must never set the scale of a pattern.
 2. **crop** a detector window, then **bin** b x b pixels by summing counts (512 -> 256 by default).
 3. **pool** over the k x k neighbouring probe positions (mean by default; edges truncated,
-   never wrapped) to lift faint ghost disks above the counting noise.
+   never wrapped) to lift faint ghost disks above the counting noise. With ``own_pattern``
+   (``ghostmap train``'s default) each position's own pattern goes beside the pooled one as a
+   second input channel: pooling lifts the ghost disks inside domains, but at a domain wall it
+   mixes in the neighbouring domain's disks, and the own pattern tells the network what the
+   probe saw where it stood.
 4. **transform** the counts (sqrt by default; log or gamma), then **normalise** each pattern
    to zero mean and unit variance.
 
@@ -71,6 +75,11 @@ class Preprocessing:
         (1: no pooling).
     pool_mode : str, optional
         ``"mean"`` or ``"max"`` over that neighbourhood.
+    own_pattern : bool, optional
+        Give the network each position's own, unpooled pattern as a second channel beside the
+        pooled one (:attr:`channels`). Off here, so a model saved before it
+        existed loads unchanged; :func:`ghostmap.training.training_preprocessing` turns it on
+        for the compact network.
     bad_pixels : list of tuple of int, optional
         Detector (row, col) pixels replaced by the mean of their good neighbours.
     subtract_mean : bool, optional
@@ -105,6 +114,7 @@ class Preprocessing:
     normalise: str = "standard"
     pool: int = 3
     pool_mode: str = "mean"
+    own_pattern: bool = False
     bad_pixels: list[tuple[int, int]] = field(default_factory=list)  # detector (row, col)
     subtract_mean: bool = False
     # the transformed mean pattern of the training scan (h, w); stored in the weights file, not the JSON
@@ -125,6 +135,7 @@ class Preprocessing:
             raise GhostmapError(f"gamma must be positive, got {self.gamma}")
         self.bin = int(self.bin) if self.bin is not None else None
         self.pool = int(self.pool)
+        self.own_pattern = bool(self.own_pattern)
         if self.crop is not None:
             self.crop = tuple(int(v) for v in self.crop)
             if len(self.crop) != 4:
@@ -164,8 +175,13 @@ class Preprocessing:
             self.bin = max(1, -(-size // int(self.target_size)))
         return self
 
+    @property
+    def channels(self) -> int:
+        """Channels of the network input: 2 (pooled, own pattern) with ``own_pattern``, else 1."""
+        return 2 if self.own_pattern else 1
+
     def output_shape(self, detector_shape: tuple[int, int]) -> tuple[int, int]:
-        """Shape of one preprocessed pattern."""
+        """Shape (h, w) of one preprocessed pattern (each channel of a network input)."""
         self.resolve(detector_shape)
         rows, cols = detector_shape
         if self.crop is not None:
@@ -221,7 +237,7 @@ class Preprocessing:
         return x
 
     def finish(self, counts) -> torch.Tensor:
-        """Intensity transform and per-pattern normalisation of reduced counts (n, h, w):
+        """Intensity transform and per-pattern normalisation of reduced counts (..., h, w):
         :meth:`finishing`'s arithmetic (NumPy, on the CPU), as a new float32 tensor."""
         device = counts.device if torch.is_tensor(counts) else torch.device("cpu")
         if torch.is_tensor(counts):
@@ -233,15 +249,16 @@ class Preprocessing:
         return Finish(self.transform, self.gamma, self.normalise, self.reference if self.subtract_mean else None)
 
     def pool_block(self, counts: torch.Tensor) -> torch.Tensor:
-        """Pool reduced counts (scan_row, scan_col, h, w) over k x k probe positions.
+        """Pool reduced counts (scan_row, scan_col, h, w) over k x k probe positions:
+        (scan_row, scan_col, channels, h, w), with the unpooled counts as channel 1 where
+        :attr:`channels` is 2.
 
         Edges are truncated: a position near the edge averages only the neighbours that
         exist. The caller passes the ``pool // 2`` halo rows above and below.
         """
         k = self.pool
-        if k == 1:
-            return counts
-        return _pool_axis(_pool_axis(counts, 1, k, self.pool_mode), 0, k, self.pool_mode)
+        pooled = _pool_axis(_pool_axis(counts, 1, k, self.pool_mode), 0, k, self.pool_mode) if k > 1 else counts
+        return torch.stack([pooled, counts], 2) if self.own_pattern else pooled.unsqueeze(2)
 
     def apply(self, patterns) -> torch.Tensor:
         """Preprocess independent patterns (n, det_row, det_col), without neighbourhood pooling."""
@@ -252,9 +269,9 @@ class Preprocessing:
         NumPy-only :class:`ghostmap.counts.CountReduction`, made once while those fields stay the same."""
         if self.bin is None:
             raise GhostmapError("the bin factor is not fixed yet: call resolve(detector_shape) first")
-        key = (self.bin, self.crop, tuple(self.bad_pixels), self.pool, self.pool_mode)
+        key = (self.bin, self.crop, tuple(self.bad_pixels), self.pool, self.pool_mode, self.own_pattern)
         if self._counts_cache.get("key") != key:
-            self._counts_cache.update(key=key, counts=CountReduction(self.bin, self.crop, key[2], self.pool, self.pool_mode))
+            self._counts_cache.update(key=key, counts=CountReduction(*key))
         return self._counts_cache["counts"]
 
     def _repair_bad_pixels(self, raw: torch.Tensor, binned: torch.Tensor) -> None:
@@ -361,7 +378,7 @@ def reference_pattern(mean: np.ndarray, prep: Preprocessing) -> np.ndarray:
 
 
 def preprocess_positions(scan, rows, cols, prep: Preprocessing) -> torch.Tensor:
-    """Network input (n, h, w) for the probe positions (rows[i], cols[i]), with pooling."""
+    """Network input (n, channels, h, w) for the probe positions (rows[i], cols[i]), with pooling."""
     n_rows, n_cols = scan.scan_shape
     half = prep.pool // 2
     out = []
@@ -371,9 +388,10 @@ def preprocess_positions(scan, rows, cols, prep: Preprocessing) -> torch.Tensor:
         box = np.asarray(scan.read_box(r0, r1, c0, c1))
         counts = prep.reduce(box.reshape(-1, *box.shape[2:]))
         pooled = counts.mean(0) if prep.pool_mode == "mean" else counts.amax(0)
-        out.append(pooled)
+        own = counts[(r - r0) * (c1 - c0) + (c - c0)]
+        out.append(torch.stack([pooled, own]) if prep.own_pattern else pooled[None])
     if not out:
-        return torch.empty((0, *prep.output_shape(scan.detector_shape)))
+        return torch.empty((0, prep.channels, *prep.output_shape(scan.detector_shape)))
     return prep.finish(torch.stack(out))
 
 
@@ -392,12 +410,12 @@ def reader_for(scan, prep: Preprocessing, start: int = 0, stop: int | None = Non
     stop = n_rows if stop is None else stop
     h, w = prep.output_shape(scan.detector_shape)
 
-    def fallback(raw: np.ndarray) -> torch.Tensor:
+    def fallback(raw: np.ndarray) -> np.ndarray:
         # float chunks of 4 M pixels (16 MB), not reduce's default 64 MB: less memory, and a scan
         # row of 206 512 x 512 patterns binned in 0.71-0.75 x the time (cache-sized chunks)
         reduced = prep.reduce(raw.reshape(-1, *raw.shape[2:]), chunk_pixels=1 << 22).view(raw.shape[0], n_cols, h, w)
         # pooling across scan columns never mixes scan rows, so it is done per block, here
-        return _pool_axis(reduced, 1, prep.pool, prep.pool_mode) if prep.pool > 1 else reduced
+        return prep.count_reduction().pool_columns(reduced.numpy())
 
     stage = NetworkInputs(n_rows, start, stop, prep.pool, prep.pool_mode, prep.finishing())
     return scan_reader(scan, prep.count_reduction(), start, stop, rows_per_block,
@@ -407,7 +425,7 @@ def reader_for(scan, prep: Preprocessing, start: int = 0, stop: int | None = Non
 def stream_rows(scan, prep: Preprocessing, start: int = 0, stop: int | None = None,
                 rows_per_block: int | None = None, prefetch: bool = True,
                 reader: RowReader | None = None) -> Iterator[tuple[int, int, torch.Tensor]]:
-    """Yield (row_start, row_stop, network input (rows, cols, h, w)) for scan rows [start, stop).
+    """Yield (row_start, row_stop, network input (rows, cols, channels, h, w)) for scan rows [start, stop).
 
     Each scan row is read once; only the reduced rows that pooling still needs are kept,
     so memory stays bounded whatever the scan size. With ``prefetch`` the next block is read
@@ -428,6 +446,6 @@ def stream_rows(scan, prep: Preprocessing, start: int = 0, stop: int | None = No
 
 
 def preprocess_rows(scan, start: int, stop: int, prep: Preprocessing) -> torch.Tensor:
-    """Network input (stop-start, cols, h, w) for whole scan rows [start, stop), with pooling."""
+    """Network input (stop-start, cols, channels, h, w) for whole scan rows [start, stop), with pooling."""
     parts = [x for _, _, x in stream_rows(scan, prep, start, stop, prefetch=False)]
     return torch.cat(parts)

@@ -67,7 +67,8 @@ class OnnxNetwork:
         self.batch_size = int(batch_size or DEFAULT_BATCH)
         self._sessions: dict[int, object] = {}
         self._lock = threading.Lock()  # sessions are made once, runs of them may go on side by side
-        self._session(1)  # a graph ONNX Runtime refuses fails here, not mid-scan; predict runs this one
+        session, _ = self._session(1)  # a graph ONNX Runtime refuses fails here, not mid-scan; predict runs this one
+        self.channels = int(session.get_inputs()[0].shape[1])  # of the input (n, channels, h, w)
 
     def _session(self, threads: int):
         with self._lock:
@@ -82,6 +83,7 @@ class OnnxNetwork:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         session = self._ort.InferenceSession(self.graph, options, providers=["CPUExecutionProvider"])
         return session, session.get_inputs()[0].name
+
 
     @classmethod
     def from_folder(cls, directory: str | Path, description: dict, batch_size: int | None = None,
@@ -114,10 +116,10 @@ class OnnxNetwork:
         return None
 
     def probabilities(self, inputs: np.ndarray, threads: int | None = None) -> np.ndarray:
-        """Class probabilities (n, C) float32 for network inputs (n, h, w) or (n, 1, h, w),
-        on ``threads`` threads (default: all of :attr:`threads`)."""
+        """Class probabilities (n, classes) float32 for network inputs (..., channels, h, w), or
+        (n, h, w) for a one-channel graph, on ``threads`` threads (default: all of :attr:`threads`)."""
         session, name = self._session(max(1, min(self.threads, threads or self.threads)))
-        x = np.ascontiguousarray(inputs, np.float32).reshape(-1, 1, *inputs.shape[-2:])
+        x = np.ascontiguousarray(inputs, np.float32).reshape(-1, self.channels, *inputs.shape[-2:])
         parts = [session.run(None, {name: x[i : i + self.batch_size]})[0] for i in range(0, x.shape[0], self.batch_size)]
         if not parts:
             return np.zeros((0, 0), np.float32)
@@ -193,7 +195,7 @@ def predict_with_onnx(scan, reader, network: OnnxNetwork, classes,
                     if made is None:
                         continue
                     r0, r1, inputs = made
-                    flat = inputs.reshape(-1, *inputs.shape[-2:])
+                    flat = inputs.reshape(-1, *inputs.shape[-3:])  # (patterns, channels, h, w)
                     n_parts = min(workers, len(flat)) if reader.finished else 1
                     pending.append((r0, r1, [pool.submit(network.probabilities, part, 1)
                                              for part in np.array_split(flat, n_parts)]))

@@ -215,7 +215,8 @@ def nuisance_batch(x: torch.Tensor, shift: float, power: float, gen: torch.Gener
     Parameters
     ----------
     x : torch.Tensor
-        Network inputs (n, 1, h, w), standardised per pattern.
+        Network inputs (n, channels, h, w), each channel standardised per pattern; every
+        channel of a pattern gets the same shift and power.
     shift : float
         Largest shift, input pixels (0: none).
     power : float
@@ -234,13 +235,13 @@ def nuisance_batch(x: torch.Tensor, shift: float, power: float, gen: torch.Gener
     >>> nuisance_batch(x, 0.5, 0.1, torch.Generator().manual_seed(0)).shape
     torch.Size([4, 1, 16, 16])
     """
-    n, _, h, w = x.shape
+    n, c, h, w = x.shape
     if power:
-        low = x.amin(dim=(1, 2, 3), keepdim=True)
+        low = x.amin(dim=(2, 3), keepdim=True)
         exponent = 1 + power * (2 * torch.rand(n, 1, 1, 1, generator=gen) - 1)
         x = (x - low).clamp_min(0).pow(exponent)
-        flat = x.reshape(n, -1)
-        x = (x - flat.mean(1).view(n, 1, 1, 1)) / flat.std(1).clamp_min(1e-6).view(n, 1, 1, 1)
+        flat = x.reshape(n, c, -1)
+        x = (x - flat.mean(2).view(n, c, 1, 1)) / flat.std(2).clamp_min(1e-6).view(n, c, 1, 1)
     if shift:
         move = shift * (2 * torch.rand(n, 2, generator=gen) - 1)  # (dy, dx) in input pixels
         theta = torch.zeros(n, 2, 3, dtype=x.dtype)
@@ -318,6 +319,7 @@ def training_preprocessing(scan, arch: str = "compact", **options) -> Preprocess
     """
     options = {k: v for k, v in options.items() if v is not None}
     options.setdefault("target_size", default_input_size(arch))
+    options.setdefault("own_pattern", arch == "compact" and int(options.get("pool", Preprocessing.pool)) > 1)
     return fit_preprocessing(as_scan(scan), **options)
 
 
@@ -381,7 +383,7 @@ def train(
     prep = preprocessing or training_preprocessing(scan, options.arch)
     prep.check_detector(scan.detector_shape)
     torch.manual_seed(options.seed)
-    inputs = preprocess_positions(scan, labels.y, labels.x, prep).unsqueeze(1)
+    inputs = preprocess_positions(scan, labels.y, labels.x, prep)
     targets = torch.as_tensor([classes.index(str(name)) for name in labels.label])
     members = ensemble_members(options, len(labels))
     start = time.perf_counter()
@@ -584,8 +586,8 @@ def fit_single(inputs, targets, classes, options: TrainingOptions, progress=None
         seed = refit_seed(options.seed, attempt)
         torch.manual_seed(seed)
         gen = torch.Generator().manual_seed(seed)
-        network = build_network(options.arch, len(classes), tuple(inputs.shape[2:]),
-                                stem=options.stem).to(device, memory_format=CHANNELS_LAST)
+        network = build_network(options.arch, len(classes), tuple(inputs.shape[2:]), stem=options.stem,
+                                channels=inputs.shape[1]).to(device, memory_format=CHANNELS_LAST)
         optimiser, scheduler = make_optimiser(network, options, len(everything), epochs, "cosine")
         history = fit_epochs(network, inputs, targets, epochs, options, optimiser, scheduler, swap, gen,
                              loss_for(options, targets, len(classes)),
@@ -625,8 +627,8 @@ def _fit_best_checkpoint(inputs, targets, classes, options: TrainingOptions,
     held_out = len(val_idx) > 0
     if not held_out:
         val_idx = train_idx  # too few labels to hold any out; say so in the metrics
-    network = build_network(options.arch, len(classes), tuple(inputs.shape[2:]),
-                            stem=options.stem).to(device, memory_format=CHANNELS_LAST)
+    network = build_network(options.arch, len(classes), tuple(inputs.shape[2:]), stem=options.stem,
+                            channels=inputs.shape[1]).to(device, memory_format=CHANNELS_LAST)
     epochs = options.epochs or default_epochs(len(train_idx), options.batch_size)
     schedule = options.schedule or ("plateau" if options.arch == "paper" else "cosine")
     optimiser, scheduler = make_optimiser(network, options, len(train_idx), epochs, schedule)
@@ -672,8 +674,8 @@ def fit_ensemble(inputs, targets, classes, members: int, options: TrainingOption
     gen = torch.Generator().manual_seed(options.seed)
     folds = torch.as_tensor(stratified_folds(targets.numpy(), members, rng))
     trains_on = F.one_hot(folds, members) == 0  # (N, members): member k trains on every label outside fold k
-    network = EnsembleNet(len(classes), tuple(inputs.shape[2:]), members=members,
-                          stem=options.stem).to(device, memory_format=CHANNELS_LAST)
+    network = EnsembleNet(len(classes), tuple(inputs.shape[2:]), members=members, stem=options.stem,
+                          channels=inputs.shape[1]).to(device, memory_format=CHANNELS_LAST)
     n = len(targets)
     epochs = options.epochs or default_epochs(n, options.batch_size)
     optimiser, scheduler = make_optimiser(network, options, n, epochs, "cosine")

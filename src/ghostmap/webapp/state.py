@@ -397,10 +397,11 @@ class LabelSession:
                 "mean_confidence": float(self._prediction.confidence.mean())}
 
     def pattern(self, x: int, y: int, view: str = "raw") -> np.ndarray:
-        """The pattern at (x, y): as recorded (``raw``), or as the network sees it (``network``)."""
+        """The pattern at (x, y): as recorded (``raw``), or as the network sees it (``network``:
+        the pooled channel, which a second channel, the raw pattern's own, accompanies)."""
         self.check_position(x, y)
         if view == "network":
-            return preprocess_positions(self.scan, [y], [x], self.preprocessing)[0].numpy()
+            return preprocess_positions(self.scan, [y], [x], self.preprocessing)[0, 0].numpy()
         if view != "raw":
             raise GhostmapError(f"unknown view {view!r} (raw or network)")
         return self.scan.read_pattern(y, x)
