@@ -418,7 +418,8 @@ def calibrate_on_scan(scan, model: Model, device=None) -> dict:
     :func:`ghostmap.ensemble.scan_temperature` fits; returns the metrics that describe it.
 
     No label is held out for this: the stand-in truth is the class most of each position's
-    5 x 5 neighbours are predicted to be, which holds wherever domains span several positions.
+    3 x 3 window (itself included) is predicted to be, which holds wherever domains span several
+    positions.
     """
     from .ensemble import neighbour_classes, scan_temperature
     from .prediction import predict
@@ -429,11 +430,11 @@ def calibrate_on_scan(scan, model: Model, device=None) -> dict:
     model.network.temperature.fill_(temperature)
     classes = probabilities.argmax(-1)
     agreement = float((neighbour_classes(classes, probabilities.shape[-1]) == classes).mean())
-    logger.info("calibration on the scan: temperature %.2f (%.1f%% of positions agree with their neighbours)",
+    logger.info("calibration on the scan: temperature %.2f (%.1f%% of positions agree with their 3 x 3 window)",
                 temperature, 100 * agreement)
     return {"temperature": temperature, "neighbour_agreement": round(agreement, 4),
-            "calibration": "temperature fitted on the training scan to the class of each position's 5 x 5 "
-                           "neighbours, then its square root (no label held out)"}
+            "calibration": "temperature fitted on the training scan to the majority class of each position's "
+                           "3 x 3 window, itself included (no label held out)"}
 
 
 def checked_labels(scan, labels) -> Labels:
