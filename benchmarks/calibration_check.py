@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         right = np.array(classes)[p.argmax(-1)] == truth
         log_p = torch.log(torch.as_tensor(p).clamp_min(1e-30))
 
-        def error(t: float) -> float:
+        def error(t: float, log_p=log_p, right=right) -> float:
             return expected_calibration_error(torch.softmax(log_p / t, -1).numpy().max(-1), right)[0]
 
         best = fit_temperature(log_p.reshape(-1, p.shape[-1]),

@@ -50,7 +50,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ghostmap.model import Model
+from ghostmap.model import Model, input_channels
 from ghostmap.prediction import classify, default_batch_size, prepare_network
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -76,7 +76,7 @@ class OnnxNetwork:
         import onnxruntime as ort
 
         buffer = io.BytesIO()
-        example = torch.zeros(2, 1, *input_shape).contiguous(memory_format=torch.channels_last)
+        example = torch.zeros(2, input_channels(network), *input_shape).contiguous(memory_format=torch.channels_last)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(network, (example,), buffer, input_names=["x"], output_names=["logits"],
@@ -105,7 +105,7 @@ def build(name: str, model: Model):
     if name == "compile-bf16":
         return torch.compile(Autocast(net), dynamic=False)
     if name == "jit-freeze":
-        example = torch.zeros(2, 1, *model.input_shape).contiguous(memory_format=torch.channels_last)
+        example = torch.zeros(2, model.preprocessing.channels, *model.input_shape).contiguous(memory_format=torch.channels_last)
         with torch.no_grad():
             return torch.jit.optimize_for_inference(torch.jit.trace(net, example))
     if name == "onnx":
@@ -198,11 +198,11 @@ def main():
         from ghostmap.reading import open_scan
 
         with open_scan(args.scan) as scan:
-            blocks = [x.reshape(-1, *model.input_shape) for _, _, x in
+            blocks = [x.reshape(-1, model.preprocessing.channels, *model.input_shape) for _, _, x in
                       stream_rows(scan, model.preprocessing, 0, args.rows, rows_per_block=1)]
         source = f"{args.rows} scan rows of {args.scan.name}"
     else:  # no benchmark scan: random inputs of the same size (speed only)
-        blocks = [torch.randn(206, *model.input_shape) for _ in range(args.rows)]
+        blocks = [torch.randn(206, model.preprocessing.channels, *model.input_shape) for _ in range(args.rows)]
         source = f"{args.rows} blocks of 206 random inputs"
     n = sum(b.shape[0] for b in blocks)
     cpu = torch.device("cpu")

@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from ghostmap.analysis import bright_field_index  # noqa: E402
-from ghostmap.counts import bin_counts, pool_axis  # noqa: E402
+from ghostmap.counts import bin_counts  # noqa: E402
 from ghostmap.inputs import pool_rows  # noqa: E402
 from ghostmap.model import Model, export_onnx, fused_for_inference  # noqa: E402
 from ghostmap.prediction import default_batch_size  # noqa: E402
@@ -105,14 +105,14 @@ def main():
     parts[f"bad-pixel repair ({len(counts.bad_pixels)} pixels)"], _ = median_of(
         args.repeats, lambda: counts.repair(flat, binned.copy()))
     reduced = reduced.reshape(r1 - r0, n_cols, h, w)
-    steps["pool across scan columns"], _ = median_of(args.repeats, lambda: pool_axis(reduced, 1, prep.pool, prep.pool_mode))
-    kept = dict(enumerate(reduced))
+    steps["pool across scan columns"], columns = median_of(args.repeats, lambda: counts.pool_columns(reduced))
+    kept = dict(enumerate(columns))  # (cols, channels, h, w) per scan row
     half = prep.pool // 2
     steps["pool across scan rows"], pooled = median_of(
         args.repeats, lambda: pool_rows(kept, 0, len(reduced), 0, len(reduced), half, prep.pool_mode))
     finish = prep.finishing()
-    steps["sqrt + normalise (finish)"], inputs = median_of(args.repeats, lambda: finish(pooled.reshape(-1, h, w)))
-    x = torch.from_numpy(inputs).reshape(-1, 1, h, w).contiguous(memory_format=torch.channels_last)
+    steps["sqrt + normalise (finish)"], inputs = median_of(args.repeats, lambda: finish(pooled))
+    x = torch.from_numpy(inputs).reshape(-1, prep.channels, h, w).contiguous(memory_format=torch.channels_last)
 
     def run(net):
         with torch.inference_mode():
