@@ -168,7 +168,7 @@ class CountReduction:
         ``"mean"`` or ``"max"``.
     own_pattern : bool
         Keep each position's own pattern beside the pooled one, as a second channel
-        (:attr:`channels`); see :class:`ghostmap.preprocessing.Preprocessing`.
+        (:meth:`pool_columns`); see :class:`ghostmap.preprocessing.Preprocessing`.
 
     Example
     -------
@@ -195,11 +195,6 @@ class CountReduction:
         return cls(int(d["bin"]), tuple(int(v) for v in crop) if crop is not None else None,
                    tuple((int(r), int(c)) for r, c in d.get("bad_pixels", ())), int(d.get("pool", 1)),
                    str(d.get("pool_mode", "mean")), bool(d.get("own_pattern", False)))
-
-    @property
-    def channels(self) -> int:
-        """Network input channels: the pooled patterns, and with ``own_pattern`` each position's own."""
-        return 2 if self.own_pattern else 1
 
     def window(self, detector_shape: tuple[int, int]) -> tuple[int, int, int, int]:
         """(row_start, col_start, h, w): where the binned window starts and its binned size."""

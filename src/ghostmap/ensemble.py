@@ -202,12 +202,12 @@ def scan_temperature(probabilities: np.ndarray, radius: int = 1, shrink: float =
     class, and :func:`fit_temperature` fits the temperature ``T_fit`` that makes
     ``softmax(log p / T)`` predict it best; the temperature returned is ``T_fit ** shrink``.
     The window must not outvote what the network gets right: a wall is a few positions wide,
-    and a network that sees each position's own pattern resolves it. With a 5 x 5 window of
-    neighbours only, on 12 trainings of Table 1's scan 1 (15-50 labels, 96.4-99.0% right) the
-    stand-in agreed with the network on 96-97.5% of positions, wrongly flagging walls, and the
-    calibration error was 0.0195 on average (0.042 at worst) against 0.0177 at temperature 1;
-    with the 3 x 3 window and the position's own vote (the default) it was 0.0119 (0.024),
-    against 0.0042 for the best temperature in hindsight (BENCHMARKS.md, issue 12, session 8).
+    and a network that sees each position's own pattern resolves it. On 15 trainings of Table 1's
+    scan 1 (25 and 50 labels, 96.4-99.1% right), a 5 x 5 window of neighbours only, its fitted
+    temperature square-rooted, agreed with the network on 96-97.5% of positions, wrongly flagging
+    walls: calibration error 0.0210 on average (0.042 at worst). The 3 x 3 window with the
+    position's own vote, unshrunk (the default): 0.0113 (0.024), against 0.0040 for the best
+    temperature in hindsight (BENCHMARKS.md, issue 12, session 8).
 
     Parameters
     ----------
