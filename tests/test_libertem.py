@@ -32,7 +32,7 @@ def random_model(scan, seed=0, **prep_options):
     """An untrained network with non-trivial batch-norm statistics and the scan's real bad pixels."""
     torch.manual_seed(seed)
     prep = fit_preprocessing(scan, bin=2, **prep_options)
-    net = build_network("compact", len(CLASSES), prep.output_shape(scan.detector_shape))
+    net = build_network("compact", len(CLASSES), prep.output_shape(scan.detector_shape), channels=prep.channels)
     with torch.no_grad():
         for m in net.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
@@ -66,7 +66,9 @@ def data():
     {"pool": 3},
     {"pool": 5, "pool_mode": "max"},
     {"pool": 3, "subtract_mean": True},  # the reference pattern travels with the weights
-], ids=["pool1", "pool3", "pool5max", "pool3-reference"])
+    {"pool": 3, "own_pattern": True},  # two channels: pooled and each position's own pattern
+    {"pool": 1, "own_pattern": True},
+], ids=["pool1", "pool3", "pool5max", "pool3-reference", "pool3-own", "pool1-own"])
 def test_matches_predict_whatever_the_partitions(ctx, data, options):
     scan = as_scan(data)
     model = random_model(scan, **options)

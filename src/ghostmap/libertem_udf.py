@@ -129,8 +129,8 @@ def _pool_run(prep: Preprocessing, reduced: torch.Tensor, start: int, cols: int)
     Exact for every position whose neighbourhood lies inside the run (the padding never
     enters such a neighbourhood, and the scan's column edges are the grid's).
     """
-    if prep.pool == 1 and not prep.own_pattern:
-        return reduced.unsqueeze(1)
+    if prep.pool == 1:  # no neighbours pooled: the frames need no grid of whole scan rows
+        return prep.pool_block(reduced.unsqueeze(0))[0]
     n, h, w = reduced.shape
     grid, lead = _on_rows(reduced, start, cols, 0.0)
     return prep.pool_block(grid).reshape(-1, prep.channels, h, w)[lead : lead + n]
@@ -148,9 +148,9 @@ def _window_all(mask: np.ndarray, k: int) -> np.ndarray:
 
 
 def _classify_into(rt: _Runtime, pooled: torch.Tensor, index: np.ndarray, out: np.ndarray, where: np.ndarray) -> None:
-    """Finish and classify ``pooled[index]`` in chunks; write the probabilities to ``out[where]``."""
-    h, w = pooled.shape[-2:]
-    step = max(1, _FINISH_BYTES // (4 * h * w))
+    """Finish and classify ``pooled[index]`` (positions, channels, h, w) in chunks; write the
+    probabilities to ``out[where]``."""
+    step = max(1, _FINISH_BYTES // (4 * pooled[0].numel()))
     prep = rt.model.preprocessing
     for i in range(0, len(index), step):
         inputs = prep.finish(pooled[torch.as_tensor(index[i : i + step])])
