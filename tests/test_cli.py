@@ -253,7 +253,7 @@ def test_cli_loop_simulate_sample_label_train_predict_evaluate(cli, tmp_path, mo
 
     # Model folder: safetensors weights + JSON description, no pickle.
     model_dir = tmp_path / "model"
-    assert sorted(p.name for p in model_dir.iterdir()) == ["model.json", "model.onnx", "model.safetensors"]
+    assert sorted(p.name for p in model_dir.iterdir()) == ["model.json", "model.onnx", "model.safetensors", "model_int8.onnx"]
     meta = json.loads((model_dir / "model.json").read_text())
     assert set(meta["classes"]) == {"none", "vertical", "horizontal"}
     assert meta["classes"] == classes.tolist()
@@ -265,6 +265,20 @@ def test_cli_loop_simulate_sample_label_train_predict_evaluate(cli, tmp_path, mo
     from safetensors.numpy import load_file
 
     assert load_file(str(model_dir / "model.safetensors"))  # a real safetensors file
+
+    # The default (int8) graph against the exact one: the same labels wherever the exact one decides clearly.
+    r = cli("predict", scan_path, "--model", "model", "--out", "exact", "--precision", "float32")
+    assert r.code == 0, r.err
+    import ghostmap as gm
+
+    library = gm.predict(gm.open_scan(scan_path), gm.Model.load(model_dir), device="cpu")
+    with np.load(tmp_path / "exact" / "predictions.npz", allow_pickle=False) as npz:
+        np.testing.assert_array_equal(npz["labels"], library.labels)
+        np.testing.assert_allclose(npz["probabilities"], library.probabilities, atol=1e-5)
+    top2 = np.sort(library.probabilities, -1)[..., -2:]
+    clear = top2[..., 1] - top2[..., 0] > 0.2
+    np.testing.assert_array_equal(labels[clear], library.labels[clear])
+    assert np.abs(probs - library.probabilities).max() < 0.2
     print(f"\nloop test: detector {detector}, {len(labelled)} labels in {rounds} rounds, "
           f"accuracy {report['accuracy']:.4f}, {time.perf_counter() - started:.1f} s")
 
@@ -772,8 +786,21 @@ def test_predict_engine_errors(cli, tmp_path, tiny):
     old = tmp_path / "old-model"  # a model folder saved before model.onnx existed
     shutil.copytree(tiny["model"], old)
     (old / "model.onnx").unlink()
+    (old / "model_int8.onnx").unlink(missing_ok=True)
     r = cli("predict", tiny["scan"], "--model", old, "--out", tmp_path / "y", "--engine", "onnx")
     assert r.code == 1 and "model.onnx" in r.err and len(r.err.strip().splitlines()) == 1
+    float_only = tmp_path / "float-model"  # a model folder saved before model_int8.onnx existed
+    shutil.copytree(tiny["model"], float_only)
+    (float_only / "model_int8.onnx").unlink(missing_ok=True)
+    r = cli("predict", tiny["scan"], "--model", float_only, "--out", tmp_path / "v", "--precision", "int8")
+    assert r.code == 1 and "model_int8.onnx" in r.err and len(r.err.strip().splitlines()) == 1
+    r = cli("predict", tiny["scan"], "--model", float_only, "--out", tmp_path / "u")  # auto: the float32 graph
+    assert r.code == 0 and (tmp_path / "u" / "predictions.npz").exists()
+    r = cli("predict", tiny["scan"], "--model", tiny["model"], "--out", tmp_path / "t", "--precision", "int4")
+    assert r.code == 2 and "--precision" in r.err
+    r = cli("predict", tiny["scan"], "--model", tiny["model"], "--out", tmp_path / "s", "--precision", "int8",
+            "--engine", "torch")
+    assert r.code == 2 and "--precision" in r.err
     r = cli("predict", tiny["scan"], "--model", old, "--out", tmp_path / "z")  # auto: torch does it
     assert r.code == 0 and (tmp_path / "z" / "predictions.npz").exists()
     r = cli("predict", tiny["scan"], "--model", tiny["model"], "--out", tmp_path / "w", "--engine", "onnx",

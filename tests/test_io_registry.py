@@ -245,7 +245,8 @@ def test_every_format_predicts_the_same_labels_as_npy(series, tmp_path):
 
     out = tmp_path / "cli"
     run = subprocess.run([sys.executable, "-m", "ghostmap.cli", "predict", str(made["SIMPLON"][0]), "--model",
-                          str(series["model_dir"]), "--out", str(out), "--scan-shape", f"{rows}x{cols}"],
+                          str(series["model_dir"]), "--out", str(out), "--scan-shape", f"{rows}x{cols}",
+                          "--precision", "float32"],  # the exact network, as predict() runs it
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     np.testing.assert_array_equal(np.load(out / "predictions.npz")["labels"], reference.labels)

@@ -321,6 +321,9 @@ def predict(
                                   "(local executor): reading starts before torch loads and runs this far ahead."),
     engine: str = typer.Option("auto", "--engine", help="auto (default: ONNX Runtime on the CPU where the model folder "
                                "has model.onnx, else PyTorch), onnx or torch. ONNX Runtime needs no torch at all."),
+    precision: str = typer.Option("auto", "--precision", help="auto (default: ONNX Runtime runs the model folder's "
+                                  "int8 graph where it has one, else float32), int8 or float32 (the exact network; "
+                                  "PyTorch always computes in float32)."),
 ):
     """Classify every pattern and write the domain map; for several scans, follow the series."""
     from .modelfile import read_description
@@ -336,6 +339,12 @@ def predict(
         raise typer.BadParameter("must be at least 1", param_hint="--readahead")
     if engine not in ENGINES:
         raise typer.BadParameter(f"choose one of {', '.join(ENGINES)}, not '{engine}'", param_hint="--engine")
+    from .runtime import PRECISIONS
+
+    if precision not in PRECISIONS:
+        raise typer.BadParameter(f"choose one of {', '.join(PRECISIONS)}, not '{precision}'", param_hint="--precision")
+    if precision == "int8" and engine == "torch":
+        raise typer.BadParameter("the int8 graph runs in ONNX Runtime: use --engine onnx or auto", param_hint="--precision")
     description = read_description(model_dir)  # checked without torch
     shape = _shape(scan_shape, "--scan-shape") if scan_shape else None
     if executor == "local" and not is_series(data, dataset):
@@ -345,7 +354,8 @@ def predict(
             # the scan is read and binned in a background thread while torch and the model load
             reader = _start_reading(scan, description, readahead, model_dir)
             try:
-                network = _onnx_network(model_dir, description, engine, device, compile_mode, batch_size, reader)
+                network = _onnx_network(model_dir, description, engine, device, compile_mode, batch_size, reader,
+                                        precision)
                 if network is not None:  # the CPU, without torch
                     result = _predict_with_onnx(scan, reader, network, description, f"classifying {data[0].name}")
                 else:
@@ -417,17 +427,21 @@ class _ProgressThenImport:
 ENGINES = ("auto", "onnx", "torch")
 
 
-def _onnx_network(model_dir: Path, description: dict, engine: str, device, compile_mode: str, batch_size, reader):
+def _onnx_network(model_dir: Path, description: dict, engine: str, device, compile_mode: str, batch_size, reader,
+                  precision: str = "auto"):
     """The model's network in ONNX Runtime where predict runs it so, else None (PyTorch then runs it).
 
     ``auto``: on the CPU as it is (no --compile), where the model folder has a matching
     model.onnx and the scan is read before torch would load. Without --device, a machine that
     may have an NVIDIA GPU is left to torch, which picks CUDA where it sees one: finding out
     for sure would mean importing torch, the cost this path avoids. ``onnx``: the same, or a
-    one-line error saying why not.
+    one-line error saying why not. ``precision`` int8 (the folder's model_int8.onnx) must run
+    here, or it is a one-line error.
     """
     if engine == "torch":
         return None
+    if precision == "int8":
+        engine = "onnx"
     why = None
     if compile_mode != "none":
         why = "--compile is a PyTorch option"
@@ -441,12 +455,16 @@ def _onnx_network(model_dir: Path, description: dict, engine: str, device, compi
     if why is None:
         from .runtime import OnnxNetwork
 
-        network = OnnxNetwork.from_folder(model_dir, description, batch_size=batch_size)
+        network = OnnxNetwork.from_folder(model_dir, description, batch_size=batch_size, precision=precision)
         if network is not None:
             return network
-        why = f"{model_dir} has no usable model.onnx (retrain or re-save the model) or ONNX Runtime is missing"
+        if precision == "int8":
+            why = (f"{model_dir} has no usable model_int8.onnx (ghostmap train writes one for the compact network: "
+                   "retrain) or ONNX Runtime is missing")
+        else:
+            why = f"{model_dir} has no usable model.onnx (retrain or re-save the model) or ONNX Runtime is missing"
     if engine == "onnx":
-        raise GhostmapError(f"--engine onnx: {why}")
+        raise GhostmapError(f"--{'precision int8' if precision == 'int8' else 'engine onnx'}: {why}")
     return None
 
 

@@ -28,19 +28,30 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load, load_file, save, save_file
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from .errors import GhostmapError
-from .modelfile import FORMAT, META_FILE, ONNX_FILE, REFERENCE_KEY, WEIGHTS_FILE, file_sha256, read_description
+from .modelfile import (
+    FORMAT,
+    INT8_FILE,
+    META_FILE,
+    ONNX_FILE,
+    REFERENCE_KEY,
+    WEIGHTS_FILE,
+    file_sha256,
+    read_description,
+)
 from .preprocessing import Preprocessing
 
 logger = logging.getLogger(__name__)
 
 ARCHITECTURES = ("compact", "paper")
 BYTES_MAGIC = b"ghostmap-model\0"  # the start of Model.to_bytes()
+MODEL_FILES = (WEIGHTS_FILE, ONNX_FILE, INT8_FILE, META_FILE)  # what a model folder holds
 
 
 def _conv(cin: int, cout: int, norm: bool = False) -> list[nn.Module]:
@@ -345,6 +356,11 @@ class Model:
         detector shape are refused.
     metrics : dict, optional
         Training metrics (accuracy, loss, ...) kept with the model in ``model.json``.
+    sample_inputs : numpy.ndarray, optional
+        Network inputs (n, channels, h, w) of positions spread over the training scan, kept in
+        memory only (:func:`ghostmap.train` sets them): :meth:`save` takes the int8 graph's
+        activation ranges from them (:mod:`ghostmap.quantization`). Without them no int8 graph
+        is written, and ``ghostmap predict`` runs the float32 one.
 
     Raises
     ------
@@ -372,6 +388,7 @@ class Model:
     preprocessing: Preprocessing
     detector_shape: tuple[int, int]
     metrics: dict = field(default_factory=dict)
+    sample_inputs: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
     def input_shape(self) -> tuple[int, int]:
@@ -412,7 +429,7 @@ class Model:
             state[REFERENCE_KEY] = torch.as_tensor(self.preprocessing.reference, dtype=torch.float32).contiguous()
         return state
 
-    def _description(self, weights_sha256: str, onnx_sha256: str | None = None) -> dict:
+    def _description(self, weights_sha256: str, onnx_sha256: str | None = None, int8_sha256: str | None = None) -> dict:
         """What goes into ``model.json``."""
         described = {
             "format": FORMAT,
@@ -430,20 +447,32 @@ class Model:
             described["stem"] = self.network.stem
         if onnx_sha256:
             described["onnx_sha256"] = onnx_sha256
+        if int8_sha256:
+            described["onnx_int8_sha256"] = int8_sha256
         return described
 
     def _write(self, directory: Path) -> None:
         save_file(self._state(), str(directory / WEIGHTS_FILE))
         graph = export_onnx(self.network, self.input_shape)
-        if graph is not None:
-            (directory / ONNX_FILE).write_bytes(graph)
+        int8 = self._int8_graph(graph)
+        for name, data in ((ONNX_FILE, graph), (INT8_FILE, int8)):
+            if data is not None:
+                (directory / name).write_bytes(data)
         meta = self._description(file_sha256(directory / WEIGHTS_FILE),
-                                 hashlib.sha256(graph).hexdigest() if graph is not None else None)
+                                 *(hashlib.sha256(g).hexdigest() if g is not None else None for g in (graph, int8)))
         (directory / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         os.chmod(directory, 0o777 & ~_umask())
-        for name in (WEIGHTS_FILE, ONNX_FILE, META_FILE):
+        for name in MODEL_FILES:
             if (directory / name).exists():
                 os.chmod(directory / name, 0o666 & ~_umask())
+
+    def _int8_graph(self, graph: bytes | None) -> bytes | None:
+        """The int8 form of ``graph`` for the one compact network, where there are sample inputs."""
+        if graph is None or self.sample_inputs is None or self.arch != "compact" or not isinstance(self.network, CompactNet):
+            return None
+        from .quantization import quantize_graph
+
+        return quantize_graph(graph, self.sample_inputs)
 
     @classmethod
     def load(cls, directory: str | Path) -> "Model":
@@ -527,13 +556,14 @@ def _swap_in(staging: Path, directory: Path) -> None:
     if not directory.exists():
         os.replace(staging, directory)
         return
-    others = {p.name for p in directory.iterdir()} - {WEIGHTS_FILE, ONNX_FILE, META_FILE}
+    others = {p.name for p in directory.iterdir()} - set(MODEL_FILES)
     if others:  # a folder with the user's other files in it: replace our files, the JSON last
         os.replace(staging / WEIGHTS_FILE, directory / WEIGHTS_FILE)
-        if (staging / ONNX_FILE).exists():
-            os.replace(staging / ONNX_FILE, directory / ONNX_FILE)
-        else:  # an old graph would not match the new JSON (nothing uses it, but it would mislead)
-            (directory / ONNX_FILE).unlink(missing_ok=True)
+        for name in (ONNX_FILE, INT8_FILE):
+            if (staging / name).exists():
+                os.replace(staging / name, directory / name)
+            else:  # an old graph would not match the new JSON (nothing uses it, but it would mislead)
+                (directory / name).unlink(missing_ok=True)
         os.replace(staging / META_FILE, directory / META_FILE)
         return
     backup = directory.with_name(f".{directory.name}.old")

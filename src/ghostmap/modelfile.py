@@ -19,6 +19,7 @@ __all__ = ["read_description", "read_reference"]
 
 WEIGHTS_FILE = "model.safetensors"
 ONNX_FILE = "model.onnx"  # the network as an ONNX graph, for ONNX Runtime (and tools such as Netron)
+INT8_FILE = "model_int8.onnx"  # the same graph with its later stages in 8-bit integers (ghostmap.quantization)
 REFERENCE_KEY = "preprocessing.reference"  # the reference pattern's entry in the weights file
 META_FILE = "model.json"
 FORMAT = "ghostmap-model"

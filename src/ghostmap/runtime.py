@@ -23,7 +23,8 @@ from typing import Callable
 
 import numpy as np
 
-from .modelfile import ONNX_FILE
+from .modelfile import INT8_FILE, ONNX_FILE
+from .quantization import SKIPPED_OPTIMIZERS
 from .result import Prediction
 
 logger = logging.getLogger(__name__)
@@ -35,14 +36,18 @@ __all__ = ["OnnxNetwork", "predict_with_onnx"]
 # activations (8 MB) no longer fit a core's cache (BENCHMARKS.md).
 DEFAULT_BATCH = 4
 
+# "auto": the int8 graph where the model folder has one (ghostmap.quantization), else float32
+PRECISIONS = ("auto", "int8", "float32")
+
 
 class OnnxNetwork:
-    """A model folder's ``model.onnx`` in ONNX Runtime sessions on the CPU.
+    """A model folder's ``model_int8.onnx`` or ``model.onnx`` in ONNX Runtime sessions on the CPU.
 
     Parameters
     ----------
     graph : bytes
-        The ONNX graph (:func:`ghostmap.model.export_onnx`).
+        The ONNX graph (:func:`ghostmap.model.export_onnx`, or its int8 form from
+        :func:`ghostmap.quantization.quantize_graph`).
     batch_size : int, optional
         Patterns per run (default ``DEFAULT_BATCH``).
     threads : int, optional
@@ -59,10 +64,11 @@ class OnnxNetwork:
     (5, 3)
     """
 
-    def __init__(self, graph: bytes, batch_size: int | None = None, threads: int | None = None):
+    def __init__(self, graph: bytes, batch_size: int | None = None, threads: int | None = None,
+                 precision: str = "float32"):
         import onnxruntime
 
-        self._ort, self.graph = onnxruntime, graph
+        self._ort, self.graph, self.precision = onnxruntime, graph, precision
         self.threads = max(1, int(threads or _usable_cores()))
         self.batch_size = int(batch_size or DEFAULT_BATCH)
         self._sessions: dict[int, object] = {}
@@ -81,38 +87,51 @@ class OnnxNetwork:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        session = self._ort.InferenceSession(self.graph, options, providers=["CPUExecutionProvider"])
+        session = self._ort.InferenceSession(self.graph, options, providers=["CPUExecutionProvider"],
+                                             disabled_optimizers=list(SKIPPED_OPTIMIZERS))
         return session, session.get_inputs()[0].name
 
 
     @classmethod
     def from_folder(cls, directory: str | Path, description: dict, batch_size: int | None = None,
-                    threads: int | None = None) -> "OnnxNetwork | None":
-        """The folder's network, or None where it cannot run here: no ``model.onnx``, one whose
-        SHA-256 is not the one ``description`` (its checked ``model.json``) records, or no ONNX Runtime.
+                    threads: int | None = None, precision: str = "auto") -> "OnnxNetwork | None":
+        """The folder's network, or None where it cannot run here: no graph, one whose SHA-256 is
+        not the one ``description`` (its checked ``model.json``) records, or no ONNX Runtime.
+
+        ``precision``: ``"auto"`` runs ``model_int8.onnx`` where the folder has it and else
+        ``model.onnx``; ``"int8"`` or ``"float32"`` only that one.
 
         Example
         -------
         >>> OnnxNetwork.from_folder("no/such/model", {}) is None
         True
         """
-        path = Path(directory) / ONNX_FILE
-        expected = description.get("onnx_sha256")
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown precision '{precision}'; choose one of {', '.join(PRECISIONS)}")
+        for kind, name, key in (("int8", INT8_FILE, "onnx_int8_sha256"), ("float32", ONNX_FILE, "onnx_sha256")):
+            if precision in ("auto", kind):
+                network = cls._from_file(Path(directory) / name, description.get(key), batch_size, threads, kind)
+                if network is not None:
+                    return network
+        return None
+
+    @classmethod
+    def _from_file(cls, path: Path, expected: str | None, batch_size, threads, precision: str) -> "OnnxNetwork | None":
         if not expected or not path.is_file():
             return None
         graph = path.read_bytes()
         if hashlib.sha256(graph).hexdigest() != expected:
-            logger.warning("%s does not belong to its model.json (checksum differs); predicting with torch", path)
+            logger.warning("%s does not belong to its model.json (checksum differs); not using it", path)
             return None
         if b"location" in graph:  # the key of ONNX's external tensor data: a path that could lead out of the folder
-            logger.warning("%s refers to data outside it; ghostmap writes no such graph; predicting with torch", path)
+            logger.warning("%s refers to data outside it; ghostmap writes no such graph; not using it", path)
             return None
         try:
-            return cls(graph, batch_size, threads)
+            return cls(graph, batch_size, threads, precision)
         except ImportError:
             logger.info("ONNX Runtime is not installed; predicting with torch")
         except Exception as exc:  # noqa: BLE001 - a graph ONNX Runtime refuses: torch still can
-            logger.warning("ONNX Runtime cannot run %s (%s); predicting with torch", path, str(exc).splitlines()[0][:200])
+            logger.warning("ONNX Runtime cannot run %s (%s); not using it", path, str(exc).splitlines()[0][:200])
         return None
 
     def probabilities(self, inputs, threads: int | None = None, start: int = 0, stop: int | None = None) -> np.ndarray:

@@ -41,6 +41,11 @@ logger = logging.getLogger(__name__)
 # (batch 16) took 27-36 ms against 45 ms on the CPU (BENCHMARKS.md).
 CHANNELS_LAST = torch.channels_last
 
+# Positions besides the labelled ones whose inputs give the int8 graph its ranges: on the
+# paper-size scan 256 random positions and the 50 labelled ones gave the same labels as float32
+# at every position, the labelled ones alone at all but one (BENCHMARKS.md, seventh round).
+EXAMPLE_POSITIONS = 128
+
 
 @dataclass
 class TrainingOptions:
@@ -393,7 +398,8 @@ def train(
         network, metrics = fit_single(inputs, targets, classes, options, progress)
     network.eval().cpu()
     metrics.update(label_fit_metrics(network, inputs, targets, classes))
-    model = Model(network, classes, options.arch, prep, tuple(scan.detector_shape), metrics)
+    model = Model(network, classes, options.arch, prep, tuple(scan.detector_shape), metrics,
+                  sample_inputs=example_inputs(scan, labels, prep, inputs, options.seed))
     if members == 1 and calibration_of(options) == "scan":
         metrics.update(calibrate_on_scan(scan, model, options.device))
     metrics.update(n_labels=int(len(labels)), seconds=round(time.perf_counter() - start, 2), seed=options.seed,
@@ -401,6 +407,20 @@ def train(
     if metrics["collapsed"]:
         logger.info("the model predicts '%s' for every labelled pattern", metrics["predicted_classes"][0])
     return model
+
+
+def example_inputs(scan, labels: Labels, prep: Preprocessing, labelled: torch.Tensor, seed: int = 0,
+                   others: int = EXAMPLE_POSITIONS) -> np.ndarray:
+    """Network inputs (n, channels, h, w) of the labelled positions and of up to ``others`` more
+    drawn at random from the rest of the scan: what the int8 graph's ranges are taken from
+    (:attr:`ghostmap.model.Model.sample_inputs`), so that they cover the scan, not only the labels."""
+    n_rows, n_cols = scan.scan_shape
+    taken = np.zeros(n_rows * n_cols, bool)
+    taken[np.asarray(labels.y, int) * n_cols + np.asarray(labels.x, int)] = True
+    free = np.flatnonzero(~taken)
+    drawn = np.sort(np.random.default_rng(seed).choice(free, min(others, free.size), replace=False))
+    more = preprocess_positions(scan, drawn // n_cols, drawn % n_cols, prep)
+    return torch.cat([labelled.cpu(), more]).numpy().astype(np.float32, copy=False)
 
 
 def calibration_of(options: TrainingOptions) -> str:
