@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from ghostmap.inputs import Finish, InputBlock, NetworkInputs, pool_rows
+from ghostmap.inputs import Finish, NetworkInputs, pool_rows
 from ghostmap.preprocessing import Preprocessing, _pool_axis
 
 
@@ -99,31 +99,3 @@ def test_network_inputs_from_blocks_equal_the_whole_scan_at_once(block, start, s
     got = np.concatenate([x for _, _, x in made])
     np.testing.assert_allclose(got, expected[start:stop], rtol=1e-5, atol=1e-5)
     assert stage.matches(start, stop, pool, "mean", Finish()) and not stage.matches(start, stop, 1, "mean", finish)
-
-
-@pytest.mark.parametrize("mode", ["mean", "max"])
-@pytest.mark.parametrize("channels", [1, 2])
-def test_an_input_block_makes_any_range_of_its_positions_as_the_whole_block(mode, channels):
-    n_rows, n_cols = 6, 5
-    reduced = np.random.default_rng(4).poisson(5.0, (n_rows, n_cols, channels, 4, 4)).astype(np.float32)
-    eager = NetworkInputs(n_rows, 1, 5, 3, mode, Finish())
-    lazy = NetworkInputs(n_rows, 1, 5, 3, mode, Finish(), deferred=True)
-    r0, r1, whole = eager((0, n_rows), reduced)
-    assert lazy((0, n_rows), reduced)[:2] == (r0, r1) == (1, 5)
-    block = NetworkInputs(n_rows, 1, 5, 3, mode, Finish(), deferred=True)((0, n_rows), reduced)[2]
-    assert isinstance(block, InputBlock) and len(block) == 4 * n_cols and block.shape == whole.shape
-    np.testing.assert_array_equal(np.asarray(block), whole)  # bit for bit
-    flat = whole.reshape(-1, channels, 4, 4)
-    for start, stop in [(0, 1), (3, 12), (4, 5), (5, 20), (19, 20), (0, 20), (7, 7)]:  # within and across scan rows
-        np.testing.assert_array_equal(block.make(start, stop), flat[start:stop])
-    before = reduced.copy()
-    block.make(0, len(block))
-    np.testing.assert_array_equal(reduced, before)  # the kept rows are left alone
-
-
-def test_finish_writes_into_out_in_place(counts):
-    expected = Finish()(counts)
-    x = counts.copy()
-    got = Finish()(x, out=x)
-    assert np.shares_memory(got, x)
-    np.testing.assert_array_equal(got, expected)

@@ -96,12 +96,10 @@ def test_saving_without_a_graph_removes_the_stale_one(tmp_path, monkeypatch):
     assert "onnx_sha256" not in json.loads((folder / "model.json").read_text())
 
 
-@pytest.mark.parametrize("subtract_mean, threads, own_pattern, deferred", [
-    (False, None, False, False), (True, None, False, True), (False, 1, False, False), (False, 3, False, True),
-    (False, None, True, True), (True, 3, True, False), (True, 3, True, True)])
-def test_predict_with_onnx_gives_the_library_prediction(tmp_path, subtract_mean, threads, own_pattern, deferred):
-    """Blocks classified side by side (one per thread) land in their own rows, in order; inputs
-    made in the network's threads (deferred, as ghostmap predict makes them) are the same."""
+@pytest.mark.parametrize("subtract_mean, threads, own_pattern", [(False, None, False), (True, None, False), (False, 1, False),
+                                                               (False, 3, False), (False, None, True), (True, 3, True)])
+def test_predict_with_onnx_gives_the_library_prediction(tmp_path, subtract_mean, threads, own_pattern):
+    """Blocks classified side by side (one per thread) land in their own rows, in order."""
     data, _ = gm.simulate_scan((7, 9), detector=64, seed=2)
     scan = gm.as_scan(data)
     prep = gm.fit_preprocessing(scan, bin=2, pool=3, subtract_mean=subtract_mean, own_pattern=own_pattern)
@@ -109,7 +107,7 @@ def test_predict_with_onnx_gives_the_library_prediction(tmp_path, subtract_mean,
     expected = gm.predict(scan, model, device="cpu")
     description = read_description(folder)
     reader = reader_for(scan, Model.load(folder).preprocessing, rows_per_block=2,
-                        bright_field_index=lambda raw: bright_field_index_of(raw[0]), deferred=deferred)
+                        bright_field_index=lambda raw: bright_field_index_of(raw[0]))
     seen = []
     network = OnnxNetwork.from_folder(folder, description, threads=threads)
     got = predict_with_onnx(scan, reader, network, description["classes"],

@@ -500,10 +500,8 @@ def _start_reading(scan, description: dict, readahead: int, model_dir: Path):
     n_rows = scan.scan_shape[0]
     _, _, h, w = reduction.window(scan.detector_shape)
     ahead = max(1, readahead * 2**20 // (step * scan.scan_shape[1] * h * w * 4))  # float32 blocks in that many MB
-    # deferred: each run's inputs are pooled across scan rows and normalised in the network's
-    # thread, just before the run, so this thread only reads and bins (BENCHMARKS.md, seventh round)
     inputs = NetworkInputs(n_rows, 0, n_rows, reduction.pool, reduction.pool_mode,
-                           Finish.from_dict(description["preprocessing"], reference), deferred=True)
+                           Finish.from_dict(description["preprocessing"], reference))
     # the whole scan: the first block starts at scan row 0, where the bright-field disk is found
     return scan_reader(scan, reduction, rows_per_block=step, ahead=ahead, then=inputs,
                        bright_field_index=bright_field_index_of_block)

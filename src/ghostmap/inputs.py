@@ -20,7 +20,7 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Finish", "InputBlock", "NetworkInputs", "pool_rows", "pool_segment"]
+__all__ = ["Finish", "NetworkInputs", "pool_rows"]
 
 
 @dataclass(eq=False)
@@ -69,7 +69,7 @@ class Finish:
     def __call__(self, counts, chunk: int = 8, out: np.ndarray | None = None) -> np.ndarray:
         """Network inputs float32 (..., h, w) from binned counts (..., h, w), each (h, w) pattern
         (each channel of each position) on its own; ``counts`` is left as it is unless it is
-        ``out`` (a C-contiguous float32 array of its shape, written in place).
+        ``out`` (a C-contiguous float32 array of its shape, then written in place).
 
         ``chunk`` patterns at a time (8 of 128 x 128: 512 kB, within a core's cache).
         """
@@ -110,79 +110,21 @@ def pool_rows(rows: dict, r0: int, r1: int, lo: int, hi: int, half: int, mode: s
     [[0.5, 0.0], [1.0, 1.0], [1.5, 2.0]]
     """
     first = rows[r0]
-    out = np.empty((r1 - r0, *first.shape), first.dtype)
+    out = np.empty((r1 - r0, *first.shape), first.dtype)  # filled row by row: no stacked copy to pool in
     for i, r in enumerate(range(r0, r1)):
-        pool_segment(rows, r, 0, first.shape[0], lo, hi, half, mode, out[i])
+        np.copyto(out[i], rows[r])
+        pooled, count = out[i, :, 0], 1
+        for shift in range(1, half + 1):
+            for other in (r - shift, r + shift):  # above before below
+                if lo <= other < hi:
+                    if mode == "mean":
+                        pooled += rows[other][:, 0]
+                        count += 1
+                    else:
+                        np.maximum(pooled, rows[other][:, 0], out=pooled)
+        if mode == "mean" and count > 1:
+            pooled /= np.asarray(count, out.dtype)
     return out
-
-
-def pool_segment(rows: dict, r: int, c0: int, c1: int, lo: int, hi: int, half: int, mode: str,
-                 out: np.ndarray) -> np.ndarray:
-    """Scan columns [c0, c1) of row ``r`` pooled across scan rows into ``out`` (c1 - c0, channels,
-    h, w): one segment of :func:`pool_rows`, the same arithmetic in the same order."""
-    np.copyto(out, rows[r][c0:c1])
-    if half == 0:
-        return out
-    pooled = out[:, 0]
-    count = 1
-    for shift in range(1, half + 1):
-        for other in (r - shift, r + shift):  # above before below
-            if lo <= other < hi:
-                if mode == "mean":
-                    pooled += rows[other][c0:c1, 0]
-                    count += 1
-                else:
-                    np.maximum(pooled, rows[other][c0:c1, 0], out=pooled)
-    if mode == "mean":
-        pooled /= np.asarray(count, out.dtype)
-    return out
-
-
-class InputBlock:
-    """The network inputs of scan rows [r0, r1), made on demand, a few positions at a time.
-
-    What :class:`NetworkInputs` gives with ``deferred=True``: it keeps the rows pooled across
-    scan columns that its rows need and makes any range of its positions (scan row by scan
-    row, then column) when asked. ``ghostmap predict`` makes each run of the network's inputs
-    in the network's own thread, just before the run, while they are in that core's cache, so
-    the reading thread only reads and bins. ``np.asarray(block)`` gives the whole block
-    (rows, cols, channels, h, w), equal bit for bit to what ``deferred=False`` returns.
-
-    Example
-    -------
-    >>> rows = {r: np.full((2, 1, 2, 2), float(r + 1), np.float32) for r in range(2)}
-    >>> block = InputBlock(rows, 0, 2, 0, 2, 1, "mean", Finish(normalise="none"))
-    >>> len(block), block.shape, block.make(1, 2).shape
-    (4, (2, 2, 1, 2, 2), (1, 1, 2, 2))
-    """
-
-    def __init__(self, rows: dict, r0: int, r1: int, lo: int, hi: int, half: int, mode: str, finish: "Finish"):
-        self.r0, self.r1, self.lo, self.hi, self.half, self.mode, self.finish = r0, r1, lo, hi, half, mode, finish
-        self._rows = {r: rows[r] for r in range(max(lo, r0 - half), min(hi, r1 + half))}
-        first = self._rows[r0]
-        self.n_cols = first.shape[0]
-        self.shape = (r1 - r0, *first.shape)
-        self.dtype = first.dtype
-
-    def __len__(self) -> int:
-        return (self.r1 - self.r0) * self.n_cols
-
-    def make(self, start: int, stop: int) -> np.ndarray:
-        """Network inputs (stop - start, channels, h, w) float32 of positions [start, stop) of the
-        block, counted along its scan rows."""
-        out = np.empty((stop - start, *self.shape[2:]), self.dtype)
-        i = start
-        while i < stop:
-            r, c = divmod(i, self.n_cols)
-            c1 = min(self.n_cols, c + stop - i)
-            pool_segment(self._rows, self.r0 + r, c, c1, self.lo, self.hi, self.half, self.mode,
-                         out[i - start : i - start + c1 - c])
-            i += c1 - c
-        return self.finish(out, out=out)
-
-    def __array__(self, dtype=None, copy=None):
-        x = self.make(0, len(self)).reshape(self.shape)
-        return x if dtype is None else x.astype(dtype, copy=False)
 
 
 class NetworkInputs:
@@ -208,9 +150,6 @@ class NetworkInputs:
         ``"mean"`` or ``"max"``.
     finish : Finish
         Transform and normalisation.
-    deferred : bool, optional
-        Return each block's inputs as an :class:`InputBlock` that makes them when asked (in the
-        thread that asks), rather than made here (default False).
 
     Example
     -------
@@ -221,10 +160,9 @@ class NetworkInputs:
     (0, 2, [2.2360680103302, 2.2360680103302])
     """
 
-    def __init__(self, n_rows: int, start: int, stop: int, pool: int, pool_mode: str, finish: Finish,
-                 deferred: bool = False):
+    def __init__(self, n_rows: int, start: int, stop: int, pool: int, pool_mode: str, finish: Finish):
         self.n_rows, self.start, self.stop = n_rows, start, stop
-        self.pool, self.pool_mode, self.finish, self.deferred = pool, pool_mode, finish, deferred
+        self.pool, self.pool_mode, self.finish = pool, pool_mode, finish
         self.half = pool // 2
         self.lo, self.hi = max(0, start - self.half), min(n_rows, stop + self.half)
         self._kept: dict[int, np.ndarray] = {}
@@ -235,7 +173,7 @@ class NetworkInputs:
         return ((self.start, self.stop, self.pool, self.pool_mode) == (start, stop, pool, pool_mode)
                 and self.finish.same_as(finish))
 
-    def __call__(self, block: tuple[int, int], reduced) -> tuple[int, int, np.ndarray | InputBlock] | None:
+    def __call__(self, block: tuple[int, int], reduced) -> tuple[int, int, np.ndarray] | None:
         b0, b1 = block
         reduced = np.asarray(reduced)
         self._kept.update((b0 + i, reduced[i]) for i in range(b1 - b0))
@@ -243,9 +181,8 @@ class NetworkInputs:
         if ready <= self._next:
             return None
         r0 = self._next
-        inputs = InputBlock(self._kept, r0, ready, self.lo, self.hi, self.half, self.pool_mode, self.finish)
-        if not self.deferred:
-            inputs = np.asarray(inputs)
+        pooled = pool_rows(self._kept, r0, ready, self.lo, self.hi, self.half, self.pool_mode)
+        inputs = self.finish(pooled, out=pooled) if pooled.dtype == np.float32 else self.finish(pooled)
         self._next = ready
         for r in [r for r in self._kept if r < ready - self.half]:
             del self._kept[r]

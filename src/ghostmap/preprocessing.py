@@ -396,12 +396,10 @@ def preprocess_positions(scan, rows, cols, prep: Preprocessing) -> torch.Tensor:
 
 
 def reader_for(scan, prep: Preprocessing, start: int = 0, stop: int | None = None,
-               rows_per_block: int | None = None, ahead: int = 1, bright_field_index=None,
-               deferred: bool = False) -> RowReader:
+               rows_per_block: int | None = None, ahead: int = 1, bright_field_index=None) -> RowReader:
     """A :class:`ghostmap.counts.RowReader` that yields the network inputs of scan rows
     [start, stop) (as :class:`ghostmap.inputs.NetworkInputs` returns them, None while a block
-    completes no row), started at once; what :func:`stream_rows` iterates. ``deferred``: each
-    block's inputs come as an :class:`ghostmap.inputs.InputBlock`, made by whoever takes them.
+    completes no row), started at once; what :func:`stream_rows` iterates.
 
     Everything up to the network runs in the reading thread: integer counts are reduced in
     NumPy, any other counts by :meth:`Preprocessing.reduce` (torch), then pooled across scan
@@ -419,7 +417,7 @@ def reader_for(scan, prep: Preprocessing, start: int = 0, stop: int | None = Non
         # pooling across scan columns never mixes scan rows, so it is done per block, here
         return prep.count_reduction().pool_columns(reduced.numpy())
 
-    stage = NetworkInputs(n_rows, start, stop, prep.pool, prep.pool_mode, prep.finishing(), deferred=deferred)
+    stage = NetworkInputs(n_rows, start, stop, prep.pool, prep.pool_mode, prep.finishing())
     return scan_reader(scan, prep.count_reduction(), start, stop, rows_per_block,
                        bright_field_index=bright_field_index, ahead=ahead, fallback=fallback, then=stage)
 
@@ -444,7 +442,7 @@ def stream_rows(scan, prep: Preprocessing, start: int = 0, stop: int | None = No
     for _, made in reader:
         if made is not None:
             r0, r1, inputs = made
-            yield r0, r1, torch.from_numpy(np.asarray(inputs))  # an InputBlock is made here
+            yield r0, r1, torch.from_numpy(inputs)
 
 
 def preprocess_rows(scan, start: int, stop: int, prep: Preprocessing) -> torch.Tensor:

@@ -134,25 +134,12 @@ class OnnxNetwork:
             logger.warning("ONNX Runtime cannot run %s (%s); not using it", path, str(exc).splitlines()[0][:200])
         return None
 
-    def probabilities(self, inputs, threads: int | None = None, start: int = 0, stop: int | None = None) -> np.ndarray:
+    def probabilities(self, inputs: np.ndarray, threads: int | None = None) -> np.ndarray:
         """Class probabilities (n, classes) float32 for network inputs (..., channels, h, w), or
-        (n, h, w) for a one-channel graph, on ``threads`` threads (default: all of :attr:`threads`).
-
-        ``inputs`` may also be an :class:`ghostmap.inputs.InputBlock`, whose positions are then
-        made here, one run at a time, just before the run that takes them; ``start`` and ``stop``
-        choose positions of either (default: all)."""
+        (n, h, w) for a one-channel graph, on ``threads`` threads (default: all of :attr:`threads`)."""
         session, name = self._session(max(1, min(self.threads, threads or self.threads)))
-        if hasattr(inputs, "make"):
-            make, n = inputs.make, len(inputs)
-        else:
-            x = np.ascontiguousarray(inputs, np.float32).reshape(-1, self.channels, *inputs.shape[-2:])
-            n = x.shape[0]
-
-            def make(i0, i1):
-                return x[i0:i1]
-        stop = n if stop is None else stop
-        parts = [session.run(None, {name: make(i, min(i + self.batch_size, stop))})[0]
-                 for i in range(start, stop, self.batch_size)]
+        x = np.ascontiguousarray(inputs, np.float32).reshape(-1, self.channels, *inputs.shape[-2:])
+        parts = [session.run(None, {name: x[i : i + self.batch_size]})[0] for i in range(0, x.shape[0], self.batch_size)]
         if not parts:
             return np.zeros((0, 0), np.float32)
         logits = np.concatenate(parts)
@@ -226,13 +213,11 @@ def predict_with_onnx(scan, reader, network: OnnxNetwork, classes,
                 for _, made in reader:
                     if made is None:
                         continue
-                    r0, r1, inputs = made  # an array, or an InputBlock made in the network's thread
-                    if not hasattr(inputs, "make"):
-                        inputs = inputs.reshape(-1, *inputs.shape[-3:])  # (patterns, channels, h, w)
-                    n_parts = min(workers, len(inputs)) if reader.finished else 1
-                    edges = np.linspace(0, len(inputs), n_parts + 1).round().astype(int)
-                    pending.append((r0, r1, [pool.submit(network.probabilities, inputs, 1, int(a), int(b))
-                                             for a, b in zip(edges[:-1], edges[1:])]))
+                    r0, r1, inputs = made
+                    flat = inputs.reshape(-1, *inputs.shape[-3:])  # (patterns, channels, h, w)
+                    n_parts = min(workers, len(flat)) if reader.finished else 1
+                    pending.append((r0, r1, [pool.submit(network.probabilities, part, 1)
+                                             for part in np.array_split(flat, n_parts)]))
                     while len(pending) > workers:
                         finish_oldest()
                 while pending:
