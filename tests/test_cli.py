@@ -253,7 +253,8 @@ def test_cli_loop_simulate_sample_label_train_predict_evaluate(cli, tmp_path, mo
 
     # Model folder: safetensors weights + JSON description, no pickle.
     model_dir = tmp_path / "model"
-    assert sorted(p.name for p in model_dir.iterdir()) == ["model.json", "model.onnx", "model.safetensors", "model_int8.onnx"]
+    assert sorted(p.name for p in model_dir.iterdir()) == ["model.json", "model.onnx", "model.safetensors",
+                                                           "model_int8.onnx", "model_int8_avx512.onnx"]
     meta = json.loads((model_dir / "model.json").read_text())
     assert set(meta["classes"]) == {"none", "vertical", "horizontal"}
     assert meta["classes"] == classes.tolist()
@@ -786,12 +787,14 @@ def test_predict_engine_errors(cli, tmp_path, tiny):
     old = tmp_path / "old-model"  # a model folder saved before model.onnx existed
     shutil.copytree(tiny["model"], old)
     (old / "model.onnx").unlink()
-    (old / "model_int8.onnx").unlink(missing_ok=True)
+    for graph in ("model_int8.onnx", "model_int8_avx512.onnx"):
+        (old / graph).unlink(missing_ok=True)
     r = cli("predict", tiny["scan"], "--model", old, "--out", tmp_path / "y", "--engine", "onnx")
     assert r.code == 1 and "model.onnx" in r.err and len(r.err.strip().splitlines()) == 1
     float_only = tmp_path / "float-model"  # a model folder saved before model_int8.onnx existed
     shutil.copytree(tiny["model"], float_only)
-    (float_only / "model_int8.onnx").unlink(missing_ok=True)
+    for graph in ("model_int8.onnx", "model_int8_avx512.onnx"):
+        (float_only / graph).unlink(missing_ok=True)
     r = cli("predict", tiny["scan"], "--model", float_only, "--out", tmp_path / "v", "--precision", "int8")
     assert r.code == 1 and "model_int8.onnx" in r.err and len(r.err.strip().splitlines()) == 1
     r = cli("predict", tiny["scan"], "--model", float_only, "--out", tmp_path / "u")  # auto: the float32 graph

@@ -75,7 +75,7 @@ def test_a_graph_that_changes_clear_labels_is_not_kept(trained, monkeypatch, cap
     assert quantize_graph(graph, inputs[:0]) is None  # no examples, no ranges
 
 
-def test_training_keeps_example_inputs_and_saving_writes_the_int8_graph(trained, tmp_path, caplog):
+def test_training_keeps_example_inputs_and_saving_writes_the_int8_graphs(trained, tmp_path, caplog, monkeypatch):
     model, _, inputs, labels, scan = trained
     assert model.sample_inputs.shape == (len(labels) + 64, *inputs.shape[1:])  # 96 positions: all the others drawn
     np.testing.assert_allclose(model.sample_inputs[: len(labels)],
@@ -84,9 +84,19 @@ def test_training_keeps_example_inputs_and_saving_writes_the_int8_graph(trained,
     assert drawn.shape == (10, *inputs.shape[1:]) and drawn.dtype == np.float32
     folder = model.save(tmp_path / "model")
     description = read_description(folder)
-    int8 = (folder / "model_int8.onnx").read_bytes()
+    int8, wide = (folder / "model_int8.onnx").read_bytes(), (folder / "model_int8_avx512.onnx").read_bytes()
     assert description["onnx_int8_sha256"] == hashlib.sha256(int8).hexdigest()
-    assert OnnxNetwork.from_folder(folder, description).precision == "int8"  # auto: the int8 graph
+    assert description["onnx_int8_avx512_sha256"] == hashlib.sha256(wide).hexdigest()
+    x = inputs[:40]
+    np.testing.assert_array_equal(OnnxNetwork(wide, threads=1).probabilities(x),  # the same numbers, another layout
+                                  OnnxNetwork(int8, threads=1).probabilities(x))
+    for avx512, chosen in ((True, wide), (False, int8)):  # auto: an int8 graph, the one for this processor
+        monkeypatch.setattr("ghostmap.runtime.has_avx512", lambda avx512=avx512: avx512)
+        network = OnnxNetwork.from_folder(folder, description)
+        assert network.precision == "int8" and network.graph == chosen
+    (folder / "model_int8_avx512.onnx").unlink()  # a folder from before it: the other int8 graph
+    monkeypatch.setattr("ghostmap.runtime.has_avx512", lambda: True)
+    assert OnnxNetwork.from_folder(folder, description).graph == int8
     assert OnnxNetwork.from_folder(folder, description, precision="float32").precision == "float32"
     (folder / "model_int8.onnx").write_bytes(int8[:-1] + bytes([int8[-1] ^ 1]))  # damaged: auto falls back to float32
     with caplog.at_level(logging.WARNING, logger="ghostmap.runtime"):

@@ -10,7 +10,7 @@ import torch
 
 import ghostmap as gm
 from ghostmap.analysis import bright_field_index_of
-from ghostmap.model import Model, build_network, export_onnx
+from ghostmap.model import Model, WideStem, build_network, export_onnx, widens
 from ghostmap.modelfile import read_description
 from ghostmap.preprocessing import reader_for
 from ghostmap.runtime import OnnxNetwork, predict_with_onnx
@@ -42,6 +42,30 @@ def test_the_exported_graph_gives_the_networks_probabilities(arch, members, stem
         np.testing.assert_allclose(got, expected, atol=1e-5)
         np.testing.assert_array_equal(got.argmax(1), expected.argmax(1))
     assert network.training is False and export_onnx(network, (32, 32))  # exporting leaves the network as it was
+
+
+@pytest.mark.parametrize("channels", [1, 2])
+def test_a_wide_first_stage_gives_the_same_outputs(channels):
+    """WideStem pads the first stage to 16 channels for AVX-512's blocks; the outputs stay the network's."""
+    torch.manual_seed(3)
+    network = build_network("compact", 3, (32, 32), channels=channels).eval()
+    for module in network.modules():  # batch norms that do something, as after training
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+    network.temperature.fill_(0.7)
+    x = np.random.default_rng(1).standard_normal((6, channels, 32, 32)).astype(np.float32)
+    wide = WideStem(network).eval()
+    with torch.inference_mode():
+        np.testing.assert_allclose(wide(torch.from_numpy(x)).numpy(), network(torch.from_numpy(x)).numpy(), atol=1e-5)
+    assert wide.stem[0].out_channels == 16 and network.features[0].out_channels == 8
+    graph = export_onnx(network, (32, 32), stem_width=16)
+    np.testing.assert_allclose(OnnxNetwork(graph).probabilities(x), torch_probabilities(network, x), atol=1e-5)
+    assert widens(network, 16) and not widens(network, 8)
+    assert not widens(build_network("compact", 3, (32, 32), stem="stride"), 16)
+    assert not widens(build_network("paper", 3, (32, 32)), 16)
+    assert not widens(build_network("compact", 3, (32, 32), members=3), 16)
 
 
 def test_the_graph_carries_the_calibration_temperature(tmp_path):
