@@ -56,6 +56,9 @@ ROOT = Path(__file__).resolve().parent.parent
 START, END = "<!-- benchmark:start -->", "<!-- benchmark:end -->"
 FORMATS = ("npy", "h5")
 ARCHS = ("compact", "paper")
+# what each engine of the throughput table adds to `ghostmap predict`
+ENGINES = {"onnx": ("--engine", "onnx"), "onnx-float32": ("--engine", "onnx", "--precision", "float32"),
+           "torch": ("--engine", "torch")}
 
 
 # ----------------------------------------------------------------------------- options
@@ -84,8 +87,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="training epochs for the paper network only (its 400 default epochs take long on a CPU)")
     p.add_argument("--write", type=Path, default=ROOT / "BENCHMARKS.md",
                    help="Markdown file to update (default BENCHMARKS.md)")
-    p.add_argument("--engines", default="onnx,torch",
-                   help="predict's engines timed on the CPU, side by side (default onnx,torch; see --engine)")
+    p.add_argument("--engines", default="onnx,onnx-float32,torch",
+                   help="predict's engines timed on the CPU, side by side: onnx (its default, the int8 graph), "
+                        "onnx-float32 (--precision float32), torch (default: all three)")
     p.add_argument("--device", default=None,
                    help="comma-separated devices, e.g. cpu or cpu,cuda (default: cpu, plus cuda if available)")
     args = p.parse_args(argv)
@@ -99,8 +103,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args.formats = [f.strip().lower() for f in args.formats.split(",") if f.strip()]
     args.archs = [a.strip() for a in args.archs.split(",") if a.strip()]
     args.engines = [e.strip() for e in args.engines.split(",") if e.strip()]
-    if not args.engines or set(args.engines) - {"onnx", "torch"}:
-        p.error(f"--engines takes onnx, torch; got {args.engines}")
+    if not args.engines or set(args.engines) - set(ENGINES):
+        p.error(f"--engines takes {', '.join(ENGINES)}; got {args.engines}")
     if not args.archs or set(args.archs) - set(ARCHS):
         p.error(f"--archs takes {', '.join(ARCHS)}; got {args.archs}")
     unknown = sorted(set(args.formats) - set(FORMATS))
@@ -364,6 +368,8 @@ def with_onnx_graph(model_dir: Path, say) -> None:
         say(f"adding model.onnx to {model_dir} (same weights)")
         measured([sys.executable, "-c", f"from ghostmap import Model; Model.load({str(model_dir)!r}).save({str(model_dir)!r})"],
                  "re-saving the model")
+    if not (model_dir / "model_int8.onnx").is_file():  # its ranges come from the training scan: only train makes it
+        say(f"{model_dir} has no int8 graph (saved before ghostmap made one): the onnx rows run float32; retrain for int8")
 
 
 def bench_predict(args, path: Path, fmt: str, model: dict, engine: str, say) -> tuple[Row, Path]:
@@ -372,7 +378,7 @@ def bench_predict(args, path: Path, fmt: str, model: dict, engine: str, say) -> 
     runs = []
     for i in range(args.repeats):
         runs.append(measured(ghostmap_cmd("predict", str(path), "--model", str(model["model"]), "--out", str(out_dir),
-                                          "--device", device, "--engine", engine), f"predict {arch} {engine} {fmt}"))
+                                          "--device", device, *ENGINES[engine]), f"predict {arch} {engine} {fmt}"))
         say(f"predict {arch} {fmt} {device} {engine} {i + 1}/{args.repeats}: {runs[-1].seconds:.2f} s")
     seconds, rss = median_run(runs)
     rows, cols = args.scan_shape
@@ -409,6 +415,30 @@ def bench_naive(args, path: Path, fmt: str, model: dict, say) -> Row:
     note = f"timed on the first {done:,} of {total:,} patterns, extrapolated" if done < total else ""
     return Row("naive loop, paper", fmt, device, total, statistics.median(estimates),
                max(r.peak_rss for r in runs), note)
+
+
+def engine_comparison(engine_dirs: dict[tuple, Path]) -> str:
+    """A sentence on how the int8 and float32 engines' predictions of the same scan differ."""
+    parts = []
+    for (arch, device, engine), out_dir in engine_dirs.items():
+        exact = engine_dirs.get((arch, device, "onnx-float32")) or engine_dirs.get((arch, device, "torch"))
+        if engine == "onnx" and exact is not None:
+            n, dp = label_differences(out_dir, exact)
+            parts.append(f"{arch} on {device}: the int8 graph's labels differ from the float32 network's at {n} "
+                         f"positions, its probabilities by at most {dp:.3f}")
+        if engine == "torch" and (arch, device, "onnx-float32") in engine_dirs:
+            n, dp = label_differences(out_dir, engine_dirs[(arch, device, "onnx-float32")])
+            parts.append(f"float32 in ONNX Runtime against PyTorch: {n} labels differ, probabilities by at most {dp:.1e}")
+    return "; ".join(parts) + "." if parts else ""
+
+
+def label_differences(a: Path, b: Path) -> tuple[int, float]:
+    """Positions whose labels differ between two predictions.npz, and the largest probability difference."""
+    import numpy as np
+
+    with np.load(a / "predictions.npz") as x, np.load(b / "predictions.npz") as y:
+        return (int((x["labels"] != y["labels"]).sum()),
+                float(np.abs(x["probabilities"] - y["probabilities"]).max()))
 
 
 def same_predictions(dirs: list[Path]) -> bool:
@@ -616,6 +646,7 @@ def main(argv: list[str]) -> None:
     floor: dict[str, float] = {}
     read_loops: dict[str, float] = {}
     same: dict[str, bool] = {}
+    engine_dirs: dict[tuple, Path] = {}
     for fmt, path in paths.items():
         read, read_loops[fmt] = bench_read(args, path, fmt, say)
         floor[fmt] = read.seconds
@@ -626,8 +657,9 @@ def main(argv: list[str]) -> None:
                     with_onnx_graph(model["model"], say)
                 row, out_dir = bench_predict(args, path, fmt, model, engine, say)
                 rows.append(row)
-                key = f"{model['arch']} on {model['device']}"
-                same[key] = same.get(key, True) and same_predictions([model["predictions"], out_dir])
+                key = f"{model['arch']} on {model['device']}, {engine}"
+                first = engine_dirs.setdefault((model["arch"], model["device"], engine), out_dir)
+                same[key] = same.get(key, True) and same_predictions([first, out_dir])
         if not args.skip_baselines:
             for method in ("vdf", "cluster"):
                 row, out_dir = bench_baseline(args, path, fmt, method, say)
@@ -677,8 +709,10 @@ def main(argv: list[str]) -> None:
         "the second (the command line, the torch-free reading and binning, the model's JSON); with the onnx engine "
         "(the default on the CPU) it never imports torch, with the torch engine it imports torch while that thread "
         "works; the third is what the read pass pays.",
-        "Engines: `--engine onnx` runs the model folder's model.onnx in ONNX Runtime, `--engine torch` the "
-        "safetensors weights in PyTorch (batch norm folded); predictions of both are compared by their labels below.",
+        "Engines: `onnx` is predict's default on the CPU, ONNX Runtime running the model folder's int8 graph "
+        "(model_int8_avx512.onnx on a processor with AVX-512, else model_int8.onnx); `onnx-float32` is "
+        "`--precision float32`, the float32 model.onnx; `torch` is `--engine torch`, the safetensors weights in "
+        "PyTorch (batch norm folded). " + engine_comparison(engine_dirs),
         "`ghostmap baseline` runs end to end (mean pattern, lattice, drift, one pass of sums; or PCA + k-means) "
         "and writes the same files as predict.",
     ]
