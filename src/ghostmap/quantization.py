@@ -63,7 +63,7 @@ def integer_nodes(graph) -> list[str]:
     return names
 
 
-def quantize_graph(graph: bytes, inputs: np.ndarray, batch: int = 32) -> bytes | None:
+def quantize_graph(graph: bytes, inputs: np.ndarray, batch: int = 8) -> bytes | None:
     """The float32 graph ``graph`` with its later stages in 8-bit integers, or None where
     that cannot be made or does not keep the float graph's labels (the reason is logged).
 

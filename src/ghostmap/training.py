@@ -41,10 +41,12 @@ logger = logging.getLogger(__name__)
 # (batch 16) took 27-36 ms against 45 ms on the CPU (BENCHMARKS.md).
 CHANNELS_LAST = torch.channels_last
 
-# Positions besides the labelled ones whose inputs give the int8 graph its ranges: on the
-# paper-size scan 256 random positions and the 50 labelled ones gave the same labels as float32
-# at every position, the labelled ones alone at all but one (BENCHMARKS.md, seventh round).
-EXAMPLE_POSITIONS = 128
+# Positions whose inputs give the int8 graph its ranges: up to this many labelled ones and as
+# many drawn at random from the rest of the scan. ONNX Runtime keeps every example's activations
+# while it takes the ranges (about 1 MB each at 128 x 128), so they are capped. On the paper-size
+# scan 50 labelled and 64 random positions gave the same labels as float32 at every position
+# (BENCHMARKS.md, seventh round).
+EXAMPLE_POSITIONS = 64
 
 
 @dataclass
@@ -411,16 +413,19 @@ def train(
 
 def example_inputs(scan, labels: Labels, prep: Preprocessing, labelled: torch.Tensor, seed: int = 0,
                    others: int = EXAMPLE_POSITIONS) -> np.ndarray:
-    """Network inputs (n, channels, h, w) of the labelled positions and of up to ``others`` more
-    drawn at random from the rest of the scan: what the int8 graph's ranges are taken from
+    """Network inputs (n, channels, h, w) of up to ``others`` labelled positions (``labelled``,
+    the inputs of ``labels`` in order) and of up to ``others`` more drawn at random from the rest
+    of the scan: what the int8 graph's ranges are taken from
     (:attr:`ghostmap.model.Model.sample_inputs`), so that they cover the scan, not only the labels."""
+    rng = np.random.default_rng(seed)
     n_rows, n_cols = scan.scan_shape
     taken = np.zeros(n_rows * n_cols, bool)
     taken[np.asarray(labels.y, int) * n_cols + np.asarray(labels.x, int)] = True
     free = np.flatnonzero(~taken)
-    drawn = np.sort(np.random.default_rng(seed).choice(free, min(others, free.size), replace=False))
+    drawn = np.sort(rng.choice(free, min(others, free.size), replace=False))
     more = preprocess_positions(scan, drawn // n_cols, drawn % n_cols, prep)
-    return torch.cat([labelled.cpu(), more]).numpy().astype(np.float32, copy=False)
+    kept = np.sort(rng.choice(len(labelled), min(others, len(labelled)), replace=False))
+    return torch.cat([labelled.cpu()[torch.from_numpy(kept)], more]).numpy().astype(np.float32, copy=False)
 
 
 def calibration_of(options: TrainingOptions) -> str:
@@ -442,10 +447,9 @@ def calibrate_on_scan(scan, model: Model, device=None) -> dict:
     positions.
     """
     from .ensemble import neighbour_classes, scan_temperature
-    from .prediction import predict
 
     model.network.temperature.fill_(1.0)
-    probabilities = predict(scan, model, device=device).probabilities
+    probabilities = scan_probabilities(scan, model, device)
     temperature = round(scan_temperature(probabilities), 4)
     model.network.temperature.fill_(temperature)
     classes = probabilities.argmax(-1)
@@ -455,6 +459,32 @@ def calibrate_on_scan(scan, model: Model, device=None) -> dict:
     return {"temperature": temperature, "neighbour_agreement": round(agreement, 4),
             "calibration": "temperature fitted on the training scan to the majority class of each position's "
                            "3 x 3 window, itself included (no label held out)"}
+
+
+def scan_probabilities(scan, model: Model, device=None) -> np.ndarray:
+    """Every position's class probabilities (rows, cols, classes) under ``model``, for calibration.
+
+    On the CPU the float32 graph runs in ONNX Runtime, as ``ghostmap predict --precision float32``
+    runs it (the same labels as PyTorch, probabilities within ~1e-5): on the paper-size scan
+    that took 3.6-4.0 s against 4.9 s in PyTorch. Elsewhere, or where the network does not
+    export, PyTorch runs it.
+    """
+    from .model import export_onnx
+    from .prediction import predict
+
+    if pick_device(device).type == "cpu":
+        from .preprocessing import reader_for
+        from .runtime import OnnxNetwork, predict_with_onnx
+
+        graph = export_onnx(model.network, model.input_shape)
+        try:
+            network = OnnxNetwork(graph) if graph is not None else None
+        except ImportError:  # no ONNX Runtime
+            network = None
+        if network is not None:
+            reader = reader_for(scan, model.preprocessing, bright_field_index=np.zeros(1, np.int64))
+            return predict_with_onnx(scan, reader, network, model.classes).probabilities
+    return predict(scan, model, device=device).probabilities
 
 
 def checked_labels(scan, labels) -> Labels:
