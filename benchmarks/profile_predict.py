@@ -27,6 +27,7 @@ from ghostmap.analysis import bright_field_index  # noqa: E402
 from ghostmap.counts import bin_counts  # noqa: E402
 from ghostmap.inputs import pool_rows  # noqa: E402
 from ghostmap.model import Model, export_onnx, fused_for_inference  # noqa: E402
+from ghostmap.modelfile import read_description  # noqa: E402
 from ghostmap.prediction import default_batch_size  # noqa: E402
 from ghostmap.reading import open_scan  # noqa: E402
 from ghostmap.runtime import OnnxNetwork  # noqa: E402
@@ -125,7 +126,14 @@ def main():
     network_plain, _ = median_of(args.repeats, lambda: run(plain))
     network_torch, _ = median_of(args.repeats, lambda: run(fused))
     onnx = OnnxNetwork(export_onnx(model.network, model.input_shape), threads=1)
-    steps["network (ONNX Runtime)"], _ = median_of(args.repeats, lambda: onnx.probabilities(inputs))
+    # predict's default: the folder's int8 graph for this processor, where the model was trained with one
+    int8 = OnnxNetwork.from_folder(args.model, read_description(args.model), threads=1, precision="int8")
+    exact, _ = median_of(args.repeats, lambda: onnx.probabilities(inputs))
+    if int8 is not None:
+        steps["network (ONNX Runtime, int8)"], _ = median_of(args.repeats, lambda: int8.probabilities(inputs))
+        network_float = exact
+    else:
+        steps["network (ONNX Runtime, float32)"], network_float = exact, None
     startup, reading_startup, torch_startup = start_up_seconds()
 
     total_patterns = n_rows * n_cols
@@ -142,8 +150,11 @@ def main():
         if name.startswith("read, bin"):
             for part, part_seconds in parts.items():
                 print(f"{'  (' + part + ')':38s} {part_seconds / n * 1e3:10.3f} {part_seconds / n * total_patterns:19.2f}")
-    for name, seconds in (("(network in torch, fused; not counted)", network_torch),
-                          ("(network in torch, unfused; not counted)", network_plain)):
+    others = [("(network in torch, fused; not counted)", network_torch),
+              ("(network in torch, unfused; not counted)", network_plain)]
+    if network_float is not None:
+        others.insert(0, ("(network, ONNX Runtime float32; not counted)", network_float))
+    for name, seconds in others:
         print(f"{name:38s} {seconds / n * 1e3:10.3f} {seconds / n * total_patterns:19.2f}")
     print(f"{'start-up: predict with ONNX Runtime':38s} {'':10s} {startup:19.2f}")
     print(f"{'(start-up of reading alone)':38s} {'':10s} {reading_startup:19.2f}")
