@@ -13,7 +13,7 @@ from ghostmap.analysis import bright_field_index_of
 from ghostmap.model import Model, WideStem, build_network, export_onnx, widens
 from ghostmap.modelfile import read_description
 from ghostmap.preprocessing import reader_for
-from ghostmap.runtime import OnnxNetwork, predict_with_onnx
+from ghostmap.runtime import OnnxNetwork, predict_in_process, predict_with_onnx
 
 pytest.importorskip("onnxruntime")
 
@@ -141,6 +141,22 @@ def test_predict_with_onnx_gives_the_library_prediction(tmp_path, subtract_mean,
     np.testing.assert_array_equal(got.bright_field, expected.bright_field)
     assert got.classes == CLASSES and seen == sorted(seen) and seen[-1] == (63, 63)
     assert network.channels == prep.channels
+
+
+def test_predicting_in_process_gives_the_library_prediction(tmp_path):
+    data, _ = gm.simulate_scan((5, 8), detector=64, seed=4)
+    prep = gm.fit_preprocessing(gm.as_scan(data), bin=2, pool=3, own_pattern=True)
+    model, _ = saved_model(tmp_path, prep=prep)
+    expected = gm.predict(data, model, device="cpu")
+    seen = []
+    got = predict_in_process(data, model, progress=lambda done, total: seen.append(done))
+    np.testing.assert_array_equal(got.labels, expected.labels)
+    np.testing.assert_allclose(got.probabilities, expected.probabilities, atol=1e-5)
+    np.testing.assert_array_equal(got.bright_field, expected.bright_field)
+    assert seen[-1] == 40
+    tiny = gm.Preprocessing(bin=2, pool=1)  # a network torch cannot export: None, and the caller uses torch
+    unexportable, _ = saved_model(tmp_path / "tiny", detector=32, prep=tiny)
+    assert predict_in_process(np.zeros((2, 2, 32, 32), np.uint16), unexportable) is None
 
 
 def test_a_network_the_exporter_refuses_leaves_torch_to_predict(tmp_path, caplog):

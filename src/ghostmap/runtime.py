@@ -30,7 +30,7 @@ from .result import Prediction
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["OnnxNetwork", "predict_with_onnx"]
+__all__ = ["OnnxNetwork", "predict_in_process", "predict_with_onnx"]
 
 # Patterns per run on the CPU. predict runs on one thread per block; there the compact network
 # at 128 x 128 took 0.34 ms a pattern in runs of 2-6 and 0.38-0.41 in runs of 16, whose first
@@ -174,6 +174,39 @@ def _usable_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # macOS, Windows
         return os.cpu_count() or 1
+
+
+def predict_in_process(scan, model, progress: Callable[[int, int], None] | None = None) -> Prediction | None:
+    """What :func:`ghostmap.predict` gives on the CPU, from the model's float32 graph in ONNX
+    Runtime: the same labels, probabilities within ~1e-5; or None where there is no such graph
+    (a network torch cannot export, or no ONNX Runtime). For a process that has a
+    :class:`ghostmap.Model` in memory, such as ``ghostmap train``'s calibration and the label
+    page's preview: on the paper-size scan it took 3.6-4.0 s against 4.9 s in PyTorch.
+
+    Parameters
+    ----------
+    scan : Scan
+        The scan (:func:`ghostmap.as_scan`).
+    model : Model
+        The model, as trained or loaded.
+    progress : callable, optional
+        ``progress(patterns_done, patterns_total)``, called after every block.
+    """
+    from .analysis import bright_field_index_of_block
+    from .model import export_onnx
+    from .preprocessing import reader_for
+    from .reading import as_scan
+
+    scan = as_scan(scan)
+    graph = export_onnx(model.network, model.input_shape)
+    try:
+        network = OnnxNetwork(graph) if graph is not None else None
+    except ImportError:  # no ONNX Runtime
+        network = None
+    if network is None:
+        return None
+    reader = reader_for(scan, model.preprocessing, bright_field_index=bright_field_index_of_block)
+    return predict_with_onnx(scan, reader, network, model.classes, progress=progress)
 
 
 def predict_with_onnx(scan, reader, network: OnnxNetwork, classes,

@@ -462,28 +462,17 @@ def calibrate_on_scan(scan, model: Model, device=None) -> dict:
 
 
 def scan_probabilities(scan, model: Model, device=None) -> np.ndarray:
-    """Every position's class probabilities (rows, cols, classes) under ``model``, for calibration.
-
-    On the CPU the float32 graph runs in ONNX Runtime, as ``ghostmap predict --precision float32``
-    runs it (the same labels as PyTorch, probabilities within ~1e-5): on the paper-size scan
-    that took 3.6-4.0 s against 4.9 s in PyTorch. Elsewhere, or where the network does not
-    export, PyTorch runs it.
-    """
-    from .model import export_onnx
+    """Every position's class probabilities (rows, cols, classes) under ``model``, for calibration:
+    on the CPU from the float32 graph in ONNX Runtime (:func:`ghostmap.runtime.predict_in_process`:
+    the same labels as PyTorch, probabilities within ~1e-5, faster), else in PyTorch."""
     from .prediction import predict
 
     if pick_device(device).type == "cpu":
-        from .preprocessing import reader_for
-        from .runtime import OnnxNetwork, predict_with_onnx
+        from .runtime import predict_in_process
 
-        graph = export_onnx(model.network, model.input_shape)
-        try:
-            network = OnnxNetwork(graph) if graph is not None else None
-        except ImportError:  # no ONNX Runtime
-            network = None
-        if network is not None:
-            reader = reader_for(scan, model.preprocessing, bright_field_index=np.zeros(1, np.int64))
-            return predict_with_onnx(scan, reader, network, model.classes).probabilities
+        result = predict_in_process(scan, model)
+        if result is not None:
+            return result.probabilities
     return predict(scan, model, device=device).probabilities
 
 

@@ -447,7 +447,9 @@ class LabelSession:
             self._training.update(fields)
 
     def _train_and_predict(self, labels: Labels) -> None:
+        from ghostmap.model import pick_device
         from ghostmap.prediction import predict
+        from ghostmap.runtime import predict_in_process
         from ghostmap.training import train
 
         try:
@@ -461,9 +463,14 @@ class LabelSession:
 
             model = train(self.scan, labels, self.training_options, preprocessing=prep, progress=on_epoch)
             self._progress(phase="predicting", done=0, total=self.rows * self.cols, message="classifying every pattern")
-            result = predict(self.scan, model, device=self.training_options.device,
-                             progress=lambda done, total: self._progress(done=done, total=total,
-                                                                         message=f"classified {done} of {total}"))
+            def on_block(done, total):
+                self._progress(done=done, total=total, message=f"classified {done} of {total}")
+
+            result = None
+            if pick_device(self.training_options.device).type == "cpu":  # ONNX Runtime, as train calibrates
+                result = predict_in_process(self.scan, model, progress=on_block)
+            if result is None:
+                result = predict(self.scan, model, device=self.training_options.device, progress=on_block)
             m = model.metrics
             fit = "accuracy on its own labels" if m.get("checkpoint") == "final" else "validation accuracy"
             summary = (f"trained on {m['n_labels']} labels: {fit} {m['val_accuracy']:.0%} "
