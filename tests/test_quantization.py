@@ -11,7 +11,7 @@ import torch
 import ghostmap as gm
 from ghostmap.model import Model, build_network, export_onnx
 from ghostmap.modelfile import read_description
-from ghostmap.quantization import CLOSE_CALL, _disagreement, integer_nodes, quantize_graph
+from ghostmap.quantization import CLOSE_CALL, FIRST_INTEGER_CONV, _disagreement, integer_nodes, quantize_graph
 from ghostmap.runtime import OnnxNetwork
 from ghostmap.training import TrainingOptions, example_inputs, train
 
@@ -53,13 +53,16 @@ def test_only_the_later_stages_compute_in_integers(trained):
     proto = onnx.load_from_string(graph)
     names = integer_nodes(proto)
     convs = [n.name for n in proto.graph.node if n.op_type == "Conv"]
-    assert convs[0] not in names and set(convs[1:]) <= set(names)
+    assert len(convs) == 4 and FIRST_INTEGER_CONV == 3
+    assert not set(convs[:2]) & set(names) and set(convs[2:]) <= set(names)
+    assert set(convs[1:]) <= set(integer_nodes(proto, first=2))
     assert not any("Gemm" in n for n in names)  # the head stays in float
     quantized = onnx.load_from_string(quantize_graph(graph, inputs))
     ops = [n.op_type for n in quantized.graph.node]
     assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
-    first = next(n for n in quantized.graph.node if n.op_type == "Conv")
-    assert all(i in {t.name for t in quantized.graph.initializer} or i == "patterns" for i in first.input)  # float weights
+    weights = {t.name: t for t in quantized.graph.initializer}
+    kinds = [weights[n.input[1]].data_type for n in quantized.graph.node if n.op_type == "Conv" and n.input[1] in weights]
+    assert kinds == [onnx.TensorProto.FLOAT] * 2  # the first two stages' weights; the others come dequantized
 
 
 def test_a_graph_that_changes_clear_labels_is_not_kept(trained, monkeypatch, caplog):

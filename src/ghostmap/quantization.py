@@ -1,12 +1,15 @@
-"""The network in 8-bit integers: ``ghostmap predict``'s default graph on the CPU.
+"""The network partly in 8-bit integers: ``ghostmap predict``'s default graph on the CPU.
 
-A model folder holds the compact network twice for ONNX Runtime: ``model.onnx`` in float32,
-and ``model_int8.onnx``, where every stage but the first computes in 8-bit integers
-(:func:`quantize_graph`). The first stage (1-2 input channels at full size, where integer
-kernels gain nothing: 0.37 ms a pattern against 0.11 in float) and the small head stay in
-float32. On the paper-size scan the int8 graph took 0.29-0.30 ms a pattern on one core
-against 0.38-0.44 for float32, and gave the same labels at 7,003-7,004 of 7,004 positions,
-probabilities within 0.06 (BENCHMARKS.md, seventh round).
+A model folder holds the compact network more than once for ONNX Runtime: ``model.onnx`` in
+float32, and ``model_int8.onnx`` (with ``model_int8_avx512.onnx``, the same numbers laid out
+for AVX-512: :class:`ghostmap.model.WideStem`), where the third and fourth convolution stages
+compute in 8-bit integers (:func:`quantize_graph`). The first two stages and the small head
+stay in float32: the first (1-2 input channels at full size) because integer kernels gain
+nothing there (0.37 ms a pattern against 0.11 in float), the second because its 8-bit
+activations moved labels at domain walls (on Table 1's 128 px scans 3-42 of 7,004 labels per
+model, up to 0.3 points of accuracy on one; without it 3-5, the probabilities within 0.02).
+One core took 0.285 ms a pattern (AVX-512 graph) against 0.35-0.38 ms for float32
+(BENCHMARKS.md, seventh round).
 
 Integer activations need their ranges, so the graph is made where example inputs are at
 hand: :func:`ghostmap.train` keeps the inputs of the labelled positions and of a sample of
@@ -33,29 +36,34 @@ __all__ = ["SKIPPED_OPTIMIZERS", "integer_nodes", "quantize_graph"]
 # alone, the whole int8 gain lost. Sessions of either graph are made without that pass.
 SKIPPED_OPTIMIZERS = ("QDQPropagationTransformer",)
 
+# The first convolution computed in integers (counting from 1); see integer_nodes.
+FIRST_INTEGER_CONV = 3
+
 # A position whose two most probable classes lie within this of each other in the float32 graph
 # may change its label in the int8 graph; a change anywhere else means the ranges are wrong.
 CLOSE_CALL = 0.2
 
 
-def integer_nodes(graph) -> list[str]:
-    """Names of the nodes computed in 8-bit integers: the convolutions after the first, with
-    the ReLUs and pools that follow them, up to the head (the first node of another kind).
+def integer_nodes(graph, first: int = FIRST_INTEGER_CONV) -> list[str]:
+    """Names of the nodes computed in 8-bit integers: the convolutions from the ``first``-th
+    (counting from 1) on, with the ReLUs and pools that follow them, up to the head (the first
+    node of another kind).
 
     Parameters
     ----------
     graph : onnx.ModelProto
+    first : int, optional
 
     Returns
     -------
     list of str
-        Empty for a graph with fewer than two convolutions.
+        Empty for a graph with fewer than ``first`` convolutions.
     """
     names, convs = [], 0
     for node in graph.graph.node:
         if node.op_type == "Conv":
             convs += 1
-        if convs < 2 or node.op_type == "Constant":
+        if convs < first or node.op_type == "Constant":
             continue
         if node.op_type not in ("Conv", "Relu", "MaxPool", "AveragePool"):
             break
