@@ -149,14 +149,16 @@ def test_predicting_in_process_gives_the_library_prediction(tmp_path):
     model, _ = saved_model(tmp_path, prep=prep)
     expected = gm.predict(data, model, device="cpu")
     seen = []
-    got = predict_in_process(data, model, progress=lambda done, total: seen.append(done))
+    got = predict_in_process(data, model, "cpu", progress=lambda done, total: seen.append(done))
     np.testing.assert_array_equal(got.labels, expected.labels)
     np.testing.assert_allclose(got.probabilities, expected.probabilities, atol=1e-5)
     np.testing.assert_array_equal(got.bright_field, expected.bright_field)
     assert seen[-1] == 40
-    tiny = gm.Preprocessing(bin=2, pool=1)  # a network torch cannot export: None, and the caller uses torch
+    tiny = gm.Preprocessing(bin=2, pool=1)  # a network torch cannot export: torch predicts
     unexportable, _ = saved_model(tmp_path / "tiny", detector=32, prep=tiny)
-    assert predict_in_process(np.zeros((2, 2, 32, 32), np.uint16), unexportable) is None
+    data = np.random.default_rng(0).poisson(3.0, (2, 3, 32, 32)).astype(np.uint16)
+    np.testing.assert_array_equal(predict_in_process(data, unexportable).probabilities,
+                                  gm.predict(data, unexportable, device="cpu").probabilities)
 
 
 def test_a_network_the_exporter_refuses_leaves_torch_to_predict(tmp_path, caplog):

@@ -447,9 +447,10 @@ def calibrate_on_scan(scan, model: Model, device=None) -> dict:
     positions.
     """
     from .ensemble import neighbour_classes, scan_temperature
+    from .runtime import predict_in_process
 
     model.network.temperature.fill_(1.0)
-    probabilities = scan_probabilities(scan, model, device)
+    probabilities = predict_in_process(scan, model, device).probabilities  # ONNX Runtime on the CPU
     temperature = round(scan_temperature(probabilities), 4)
     model.network.temperature.fill_(temperature)
     classes = probabilities.argmax(-1)
@@ -459,21 +460,6 @@ def calibrate_on_scan(scan, model: Model, device=None) -> dict:
     return {"temperature": temperature, "neighbour_agreement": round(agreement, 4),
             "calibration": "temperature fitted on the training scan to the majority class of each position's "
                            "3 x 3 window, itself included (no label held out)"}
-
-
-def scan_probabilities(scan, model: Model, device=None) -> np.ndarray:
-    """Every position's class probabilities (rows, cols, classes) under ``model``, for calibration:
-    on the CPU from the float32 graph in ONNX Runtime (:func:`ghostmap.runtime.predict_in_process`:
-    the same labels as PyTorch, probabilities within ~1e-5, faster), else in PyTorch."""
-    from .prediction import predict
-
-    if pick_device(device).type == "cpu":
-        from .runtime import predict_in_process
-
-        result = predict_in_process(scan, model)
-        if result is not None:
-            return result.probabilities
-    return predict(scan, model, device=device).probabilities
 
 
 def checked_labels(scan, labels) -> Labels:

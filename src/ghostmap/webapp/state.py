@@ -447,8 +447,6 @@ class LabelSession:
             self._training.update(fields)
 
     def _train_and_predict(self, labels: Labels) -> None:
-        from ghostmap.model import pick_device
-        from ghostmap.prediction import predict
         from ghostmap.runtime import predict_in_process
         from ghostmap.training import train
 
@@ -466,11 +464,7 @@ class LabelSession:
             def on_block(done, total):
                 self._progress(done=done, total=total, message=f"classified {done} of {total}")
 
-            result = None
-            if pick_device(self.training_options.device).type == "cpu":  # ONNX Runtime, as train calibrates
-                result = predict_in_process(self.scan, model, progress=on_block)
-            if result is None:
-                result = predict(self.scan, model, device=self.training_options.device, progress=on_block)
+            result = predict_in_process(self.scan, model, self.training_options.device, progress=on_block)
             m = model.metrics
             fit = "accuracy on its own labels" if m.get("checkpoint") == "final" else "validation accuracy"
             summary = (f"trained on {m['n_labels']} labels: {fit} {m['val_accuracy']:.0%} "
