@@ -120,3 +120,17 @@ def test_a_model_without_examples_saves_no_int8_graph_and_removes_a_stale_one(tr
     assert sorted(p.name for p in folder.iterdir()) == ["model.json", "model.onnx", "model.safetensors", "notes.txt"]
     assert "onnx_int8_sha256" not in json.loads((folder / "model.json").read_text())
     assert OnnxNetwork.from_folder(folder, read_description(folder)).precision == "float32"
+
+
+def test_a_one_channel_model_gets_int8_graphs_too(tmp_path):
+    data, truth = gm.simulate_scan((6, 10), detector=64, seed=5)
+    scan = gm.as_scan(data)
+    ys, xs = np.divmod(np.arange(0, 60, 2), 10)
+    prep = gm.fit_preprocessing(scan, bin=2, pool=3, own_pattern=False)  # ghostmap train --no-own-pattern
+    model = train(scan, gm.labels_from_truth(truth, xs, ys), TrainingOptions(seed=0, epochs=5, device="cpu"),
+                  preprocessing=prep)
+    assert model.sample_inputs.shape[1] == 1
+    folder = model.save(tmp_path / "model")
+    assert (folder / "model_int8.onnx").exists() and (folder / "model_int8_avx512.onnx").exists()
+    network = OnnxNetwork.from_folder(folder, read_description(folder), precision="int8")
+    assert network.channels == 1 and network.probabilities(model.sample_inputs[:3]).shape == (3, 3)
