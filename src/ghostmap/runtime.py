@@ -180,7 +180,7 @@ def predict_in_process(scan, model, device=None, progress: Callable[[int, int], 
     """What :func:`ghostmap.predict` gives, for a process that has the :class:`ghostmap.Model` in
     memory (``ghostmap train``'s calibration, the label page's preview): on the CPU from the
     model's float32 graph in ONNX Runtime (the same labels, probabilities within ~1e-5; on the
-    paper-size scan 3.6-4.0 s against 4.9 s in PyTorch), else, or where the network does not
+    paper-size scan 2.9-3.3 s against 3.8-3.9 s in PyTorch, BENCHMARKS.md), else, or where the network does not
     export or ONNX Runtime is missing, by :func:`ghostmap.predict` itself.
 
     Parameters
