@@ -511,7 +511,7 @@ class Model:
     def _int8_graphs(self, graph: bytes | None) -> dict[str, bytes | None]:
         """The int8 forms of ``graph`` for the one compact network, where there are sample
         inputs: for any processor, and with the first stage 16 wide for AVX-512 (:class:`WideStem`)."""
-        if graph is None or self.sample_inputs is None or self.arch != "compact" or not isinstance(self.network, CompactNet):
+        if graph is None or self.sample_inputs is None or not isinstance(self.network, CompactNet):
             return {}
         from .quantization import quantize_graph
 

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from .ensemble import EnsembleNet, fit_temperature
 from .errors import GhostmapError
 from .labels import Labels, check_in_scan, class_order, read_labels, require_trainable
-from .model import Model, build_network, pick_device
+from .model import CompactNet, Model, build_network, pick_device
 from .preprocessing import Preprocessing, fit_preprocessing, preprocess_positions
 from .reading import as_scan
 
@@ -400,8 +400,9 @@ def train(
         network, metrics = fit_single(inputs, targets, classes, options, progress)
     network.eval().cpu()
     metrics.update(label_fit_metrics(network, inputs, targets, classes))
-    model = Model(network, classes, options.arch, prep, tuple(scan.detector_shape), metrics,
-                  sample_inputs=example_inputs(scan, labels, prep, inputs, options.seed))
+    # only one compact network gets an int8 graph (Model.save): no examples read for the others
+    examples = example_inputs(scan, labels, prep, inputs, options.seed) if isinstance(network, CompactNet) else None
+    model = Model(network, classes, options.arch, prep, tuple(scan.detector_shape), metrics, sample_inputs=examples)
     if members == 1 and calibration_of(options) == "scan":
         metrics.update(calibrate_on_scan(scan, model, options.device))
     metrics.update(n_labels=int(len(labels)), seconds=round(time.perf_counter() - start, 2), seed=options.seed,
