@@ -209,6 +209,39 @@ def test_nuisance_augmentation_shifts_by_subpixels_and_keeps_patterns_standardis
     assert input_shift(0.5, (128, 64)) == 0.5 and input_shift(1.0, (64, 64)) == 0.0 == input_shift(1.0, (32, 32))
 
 
+def _plain_augmentation(x, y, swap, shift, power, gen):
+    """The augmentation written the obvious way: flip every pattern and choose, an affine grid per pattern."""
+    n, c, h, w = x.shape
+    x = torch.where((torch.rand(n, generator=gen) < 0.5).view(-1, 1, 1, 1), x.flip(2), x)
+    x = torch.where((torch.rand(n, generator=gen) < 0.5).view(-1, 1, 1, 1), x.flip(3), x)
+    tr = torch.rand(n, generator=gen) < 0.5
+    x, y = torch.where(tr.view(-1, 1, 1, 1), x.transpose(2, 3), x), torch.where(tr, swap[y], y)
+    exponent = 1 + power * (2 * torch.rand(n, 1, 1, 1, generator=gen) - 1)
+    x = (x - x.amin(dim=(2, 3), keepdim=True)).clamp_min(0).pow(exponent)
+    flat = x.reshape(n, c, -1)
+    x = (x - flat.mean(2).view(n, c, 1, 1)) / flat.std(2).clamp_min(1e-6).view(n, c, 1, 1)
+    move = shift * (2 * torch.rand(n, 2, generator=gen) - 1)
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1
+    theta[:, 0, 2], theta[:, 1, 2] = 2 * move[:, 1] / w, 2 * move[:, 0] / h
+    grid = torch.nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
+    return torch.nn.functional.grid_sample(x, grid, padding_mode="border", align_corners=False), y
+
+
+@pytest.mark.parametrize("n", [16, 2, 1])
+def test_the_augmentation_is_bit_for_bit_the_plain_one_and_leaves_its_input_alone(n):
+    swap = swap_pairs(("horizontal", "none", "vertical"))
+    x, y = torch.randn(n, 2, 24, 24), torch.randint(0, 3, (n,))
+    before = x.clone()
+    for seed in range(4):
+        gen = torch.Generator().manual_seed(seed)
+        xa, ya = augment_batch(x, y, swap, gen)
+        xa = nuisance_batch(xa, 1.0, 0.2, gen)
+        xp, yp = _plain_augmentation(x, y, swap, 1.0, 0.2, torch.Generator().manual_seed(seed))
+        assert torch.equal(xa, xp) and torch.equal(ya, yp)
+    assert torch.equal(x, before)
+
+
 def test_the_compact_network_gets_the_own_pattern_by_default(small_scan):
     scan, _ = small_scan
     assert training_preprocessing(scan).channels == 2

@@ -18,6 +18,7 @@ a scan row, and so a drift or thickness the network would otherwise learn as the
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import math
 import time
@@ -197,15 +198,20 @@ def swap_pairs(classes: tuple[str, ...]) -> torch.Tensor | None:
 
 
 def augment_batch(x: torch.Tensor, y: torch.Tensor, swap: torch.Tensor | None, gen: torch.Generator):
-    """Random flips of both detector axes, and transposes that swap horizontal and vertical."""
+    """Random flips of both detector axes, and transposes that swap horizontal and vertical.
+
+    Only the drawn patterns are flipped, in a copy of ``x``: half the work of flipping every
+    pattern and choosing, with the same result.
+    """
     n = x.shape[0]
     flip_r = torch.rand(n, generator=gen) < 0.5
     flip_c = torch.rand(n, generator=gen) < 0.5
-    x = torch.where(flip_r.view(-1, 1, 1, 1), x.flip(2), x)
-    x = torch.where(flip_c.view(-1, 1, 1, 1), x.flip(3), x)
+    x = x.clone()
+    x[flip_r] = x[flip_r].flip(2)
+    x[flip_c] = x[flip_c].flip(3)
     if swap is not None and x.shape[2] == x.shape[3]:
         tr = torch.rand(n, generator=gen) < 0.5
-        x = torch.where(tr.view(-1, 1, 1, 1), x.transpose(2, 3), x)
+        x[tr] = x[tr].transpose(2, 3)
         y = torch.where(tr, swap[y], y)
     return x, y
 
@@ -246,18 +252,26 @@ def nuisance_batch(x: torch.Tensor, shift: float, power: float, gen: torch.Gener
     if power:
         low = x.amin(dim=(2, 3), keepdim=True)
         exponent = 1 + power * (2 * torch.rand(n, 1, 1, 1, generator=gen) - 1)
-        x = (x - low).clamp_min(0).pow(exponent)
+        x = (x - low).clamp_min_(0).pow_(exponent)
         flat = x.reshape(n, c, -1)
-        x = (x - flat.mean(2).view(n, c, 1, 1)) / flat.std(2).clamp_min(1e-6).view(n, c, 1, 1)
+        mean, std = flat.mean(2).view(n, c, 1, 1), flat.std(2).clamp_min(1e-6).view(n, c, 1, 1)
+        x = x.sub_(mean).div_(std)
     if shift:
         move = shift * (2 * torch.rand(n, 2, generator=gen) - 1)  # (dy, dx) in input pixels
-        theta = torch.zeros(n, 2, 3, dtype=x.dtype)
-        theta[:, 0, 0] = theta[:, 1, 1] = 1
-        theta[:, 0, 2] = 2 * move[:, 1] / w  # grid coordinates span 2 over the width
-        theta[:, 1, 2] = 2 * move[:, 0] / h
-        grid = F.affine_grid(theta.to(x.device), list(x.shape), align_corners=False)
+        # grid coordinates span 2 over the width; x first, as grid_sample reads them
+        offset = torch.stack([2 * move[:, 1] / w, 2 * move[:, 0] / h], 1).to(x.device, x.dtype)
+        grid = identity_grid(h, w, x.dtype, x.device) + offset.view(n, 1, 1, 2)
         x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
     return x
+
+
+@functools.lru_cache(maxsize=8)
+def identity_grid(h: int, w: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The sampling grid (h, w, 2) that ``F.affine_grid`` makes for the identity (``align_corners=False``),
+    to which a pure shift only adds: the same coordinates without a matrix product per pattern."""
+    rows = torch.linspace(-1, 1, h, dtype=dtype, device=device) * (h - 1) / h
+    cols = torch.linspace(-1, 1, w, dtype=dtype, device=device) * (w - 1) / w
+    return torch.stack(torch.broadcast_tensors(cols.view(1, w), rows.view(h, 1)), -1)
 
 
 def input_shift(shift: float, input_shape) -> float:
