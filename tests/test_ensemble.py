@@ -116,3 +116,16 @@ def test_scan_temperature_sharpens_timid_maps_and_softens_confidently_wrong_posi
     # the fitted temperature can be shrunk towards 1 by an exponent
     assert scan_temperature(sure, shrink=0.5) == pytest.approx(scan_temperature(sure) ** 0.5, rel=1e-3)
     assert scan_temperature(sure, shrink=0.0) == 1.0
+
+
+def test_tempered_probabilities_are_the_networks_at_that_temperature():
+    from ghostmap.ensemble import tempered
+
+    logits = torch.randn(50, 3) * 4
+    p1 = torch.softmax(logits, 1).numpy()
+    for t in (0.3, 1.0, 2.5):
+        expected = torch.softmax(logits / t, 1).numpy()
+        got = tempered(p1.reshape(5, 10, 3), t)
+        assert got.dtype == np.float32 and got.shape == (5, 10, 3)
+        assert np.allclose(got.reshape(50, 3), expected, atol=1e-5)
+        assert np.array_equal(got.argmax(-1).reshape(-1), p1.argmax(-1))

@@ -270,6 +270,11 @@ def test_scan_temperature_calibrates_one_network_without_changing_its_classes(sm
                                                  model.network.state_dict().values()))
     before, after = predict(scan, plain), predict(scan, model)
     assert np.array_equal(before.label_names(), after.label_names())  # classes never change
+    # train kept the scan's classification at the fitted temperature: what predict gives, without a second pass
+    assert plain.scan_prediction is None and model.scan_prediction is not None
+    assert np.array_equal(model.scan_prediction.labels, after.labels)
+    assert np.allclose(model.scan_prediction.probabilities, after.probabilities, atol=1e-4)
+    assert np.allclose(model.scan_prediction.bright_field, after.bright_field, rtol=1e-5)
     assert not np.allclose(before.probabilities, after.probabilities, atol=1e-3)
     # held out: every position that is not a label, scored against the truth
     held_out = np.ones(truth.shape, bool)
@@ -308,6 +313,15 @@ def test_balanced_loss_weights_each_class_by_its_rarity_and_is_the_compact_defau
     assert float(paper) == pytest.approx(float(plain))  # the paper's recipe stays unweighted
     with pytest.raises(GhostmapError, match="class_weights"):
         loss_for(TrainingOptions(class_weights="square"), targets, 2)
+
+
+def test_the_int8_examples_are_read_only_when_asked_for(small_scan):
+    scan, truth = small_scan
+    labels, _ = label_loop(truth, 20, seed=1)
+    options = TrainingOptions(seed=0, epochs=2, calibration="none", refits=0)
+    model = train(scan, labels, options)
+    assert model.sample_inputs.shape[1:] == (model.preprocessing.channels, *model.input_shape)
+    assert train(scan, labels, options, int8_examples=False).sample_inputs is None
 
 
 def test_the_calibration_pass_on_the_cpu_gives_torchs_temperature(small_scan, monkeypatch):

@@ -22,6 +22,7 @@ from PIL import Image  # noqa: E402
 
 from ghostmap.cli import main  # noqa: E402
 from ghostmap.labels import Labels, read_labels, write_labels  # noqa: E402
+from ghostmap.prediction import predict  # noqa: E402
 from ghostmap.sampling import propose, uncertainty  # noqa: E402
 from ghostmap.simulate import simulate_scan  # noqa: E402
 from ghostmap.training import (
@@ -313,8 +314,13 @@ def test_yaml_or_folder_as_label_file_is_refused(files, tmp_path):
 # ------------------------------------------------------------------------------ train and preview
 
 
-def test_train_and_preview_then_uncertainty_sampling(files, tmp_path, capsys):
+def test_train_and_preview_then_uncertainty_sampling(files, tmp_path, capsys, monkeypatch):
+    import ghostmap.runtime
+
     scan, labels, truth = files
+    passes = []
+    classify = ghostmap.runtime.predict_in_process
+    monkeypatch.setattr(ghostmap.runtime, "predict_in_process", lambda *a, **k: passes.append(1) or classify(*a, **k))
     with client_for(scan, labels, training=TrainingOptions(epochs=2, seed=0, device="cpu")) as c:
         s = c.get("/api/state").json()
         while s["n_labels"] < 8:
@@ -339,6 +345,11 @@ def test_train_and_preview_then_uncertainty_sampling(files, tmp_path, capsys):
         labelled = {(lab["x"], lab["y"]) for lab in s["labels"]}
         assert not labelled & {tuple(p) for p in s["queue"]}
         probabilities = c.app.state.session._prediction.probabilities
+        # one pass over the scan: the calibration's, its probabilities re-tempered, as predict gives them
+        assert len(passes) == 1 and c.app.state.session.model.sample_inputs is None
+        plain = predict(scan, c.app.state.session.model, device="cpu")
+        assert np.array_equal(c.app.state.session._prediction.labels, plain.labels)
+        assert np.allclose(probabilities, plain.probabilities, atol=1e-4)
         unsure = uncertainty(probabilities)
         queued = [unsure[y, x] for x, y in s["queue"]]
         assert queued == sorted(queued, reverse=True)  # least confident first

@@ -240,6 +240,21 @@ def scan_temperature(probabilities: np.ndarray, radius: int = 1, shrink: float =
     return fit_temperature(log_p, torch.as_tensor(stand_in.reshape(-1))) ** float(shrink)
 
 
+def tempered(probabilities: np.ndarray, temperature: float) -> np.ndarray:
+    """Probabilities at temperature 1 as the same network gives them at ``temperature``:
+    ``softmax(log p / T)``, the winning class unchanged (float32, same shape).
+
+    Example
+    -------
+    >>> tempered(np.array([[0.8, 0.2]]), 0.5).round(3)
+    array([[0.941, 0.059]], dtype=float32)
+    """
+    log_p = np.log(np.clip(np.asarray(probabilities, np.float64), 1e-30, None)) / float(temperature)
+    log_p -= log_p.max(-1, keepdims=True)
+    p = np.exp(log_p)
+    return (p / p.sum(-1, keepdims=True)).astype(np.float32)
+
+
 def expected_calibration_error(probabilities: np.ndarray, correct: np.ndarray, bins: int = 15) -> tuple[float, dict]:
     """Expected calibration error of the winning class's probability, and the reliability table.
 

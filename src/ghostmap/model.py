@@ -48,6 +48,7 @@ from .modelfile import (
     read_description,
 )
 from .preprocessing import Preprocessing
+from .result import Prediction
 
 logger = logging.getLogger(__name__)
 
@@ -405,6 +406,10 @@ class Model:
         memory only (:func:`ghostmap.train` sets them): :meth:`save` takes the int8 graph's
         activation ranges from them (:mod:`ghostmap.quantization`). Without them no int8 graph
         is written, and ``ghostmap predict`` runs the float32 one.
+    scan_prediction : Prediction, optional
+        The training scan as this model classifies it, kept in memory only: :func:`ghostmap.train`
+        classifies the scan anyway to calibrate, so a caller that wants the map (the label page's
+        preview) need not classify it again. None after :meth:`load`.
 
     Raises
     ------
@@ -433,6 +438,7 @@ class Model:
     detector_shape: tuple[int, int]
     metrics: dict = field(default_factory=dict)
     sample_inputs: np.ndarray | None = field(default=None, repr=False, compare=False)
+    scan_prediction: Prediction | None = field(default=None, repr=False, compare=False)
 
     @property
     def input_shape(self) -> tuple[int, int]:

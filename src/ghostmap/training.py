@@ -22,7 +22,7 @@ import functools
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import numpy as np
@@ -350,6 +350,7 @@ def train(
     options: TrainingOptions | None = None,
     preprocessing: Preprocessing | None = None,
     progress: Callable[[int, int, dict], None] | None = None,
+    int8_examples: bool = True,
 ) -> Model:
     """Fit a classifier to ``labels`` on ``scan`` and return it with its training metrics.
 
@@ -372,11 +373,17 @@ def train(
         Default: :func:`training_preprocessing` for the scan and architecture.
     progress : callable, optional
         ``progress(epoch, epochs, stats)``, called after every epoch.
+    int8_examples : bool
+        Read the positions the int8 graph is calibrated on (``model.sample_inputs``, about
+        0.7 s on a 512 px detector), which :meth:`Model.save` needs to write that graph. A
+        caller that never saves the model (the label page's preview) passes False.
 
     Returns
     -------
     Model
-        The trained model; ``model.metrics`` holds the training figures.
+        The trained model; ``model.metrics`` holds the training figures, and
+        ``model.scan_prediction`` the scan's classification where the compact network was
+        calibrated on it.
 
     Raises
     ------
@@ -415,7 +422,8 @@ def train(
     network.eval().cpu()
     metrics.update(label_fit_metrics(network, inputs, targets, classes))
     # only one compact network gets an int8 graph (Model.save): no examples read for the others
-    examples = example_inputs(scan, labels, prep, inputs, options.seed) if isinstance(network, CompactNet) else None
+    examples = (example_inputs(scan, labels, prep, inputs, options.seed)
+                if int8_examples and isinstance(network, CompactNet) else None)
     model = Model(network, classes, options.arch, prep, tuple(scan.detector_shape), metrics, sample_inputs=examples)
     if members == 1 and calibration_of(options) == "scan":
         metrics.update(calibrate_on_scan(scan, model, options.device))
@@ -455,19 +463,22 @@ def calibration_of(options: TrainingOptions) -> str:
 
 def calibrate_on_scan(scan, model: Model, device=None) -> dict:
     """Classify the training scan with ``model`` (temperature 1) and set the temperature that
-    :func:`ghostmap.ensemble.scan_temperature` fits; returns the metrics that describe it.
+    :func:`ghostmap.ensemble.scan_temperature` fits; returns the metrics that describe it, and
+    keeps the scan's classification at that temperature as ``model.scan_prediction``.
 
     No label is held out for this: the stand-in truth is the class most of each position's
     3 x 3 window (itself included) is predicted to be, which holds wherever domains span several
     positions.
     """
-    from .ensemble import neighbour_classes, scan_temperature
+    from .ensemble import neighbour_classes, scan_temperature, tempered
     from .runtime import predict_in_process
 
     model.network.temperature.fill_(1.0)
-    probabilities = predict_in_process(scan, model, device).probabilities  # ONNX Runtime on the CPU
+    result = predict_in_process(scan, model, device)  # ONNX Runtime on the CPU
+    probabilities = result.probabilities
     temperature = round(scan_temperature(probabilities), 4)
     model.network.temperature.fill_(temperature)
+    model.scan_prediction = replace(result, probabilities=tempered(probabilities, temperature))
     classes = probabilities.argmax(-1)
     agreement = float((neighbour_classes(classes, probabilities.shape[-1]) == classes).mean())
     logger.info("calibration on the scan: temperature %.2f (%.1f%% of positions agree with their 3 x 3 window)",

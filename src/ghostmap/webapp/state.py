@@ -456,15 +456,23 @@ class LabelSession:
 
             def on_epoch(epoch, epochs, stats):
                 loss = stats["val_loss"]
-                self._progress(done=epoch, total=epochs, message=f"epoch {epoch}/{epochs}, validation loss "
-                               f"{loss:.3f}" if math.isfinite(loss) else f"epoch {epoch}/{epochs}")
+                message = (f"epoch {epoch}/{epochs}, validation loss {loss:.3f}" if math.isfinite(loss)
+                           else f"epoch {epoch}/{epochs}")
+                if epoch == epochs:  # what train does next: classify the scan to calibrate
+                    message += "; classifying every pattern"
+                self._progress(done=epoch, total=epochs, message=message)
 
-            model = train(self.scan, labels, self.training_options, preprocessing=prep, progress=on_epoch)
-            self._progress(phase="predicting", done=0, total=self.rows * self.cols, message="classifying every pattern")
-            def on_block(done, total):
-                self._progress(done=done, total=total, message=f"classified {done} of {total}")
+            model = train(self.scan, labels, self.training_options, preprocessing=prep, progress=on_epoch,
+                          int8_examples=False)  # the page never saves its model
+            result = model.scan_prediction  # train classified the scan to calibrate: no second pass
+            if result is None:
+                self._progress(phase="predicting", done=0, total=self.rows * self.cols,
+                               message="classifying every pattern")
 
-            result = predict_in_process(self.scan, model, self.training_options.device, progress=on_block)
+                def on_block(done, total):
+                    self._progress(done=done, total=total, message=f"classified {done} of {total}")
+
+                result = predict_in_process(self.scan, model, self.training_options.device, progress=on_block)
             m = model.metrics
             fit = "accuracy on its own labels" if m.get("checkpoint") == "final" else "validation accuracy"
             summary = (f"trained on {m['n_labels']} labels: {fit} {m['val_accuracy']:.0%} "
