@@ -69,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variants", action="store_true",
                    help="also score label-free alternatives, grouped by run kind (session 9's search)")
     args = p.parse_args(argv)
-    from ghostmap.ensemble import expected_calibration_error, fit_temperature, neighbour_classes, scan_temperature
+    from ghostmap.ensemble import fit_temperature, neighbour_classes, scan_temperature
+    from ghostmap.evaluation import expected_calibration_error
 
     truth, _, _ = table1.paper_truth(table1.PAPER_LABELS)
     paths = sorted({q for pattern in args.patterns for q in glob.glob(pattern)})

@@ -30,8 +30,7 @@ def main() -> int:
     p.add_argument("--runs", default="adaptive50,active25", help="strategy+size of the kept runs to repeat")
     p.add_argument("--seeds", type=int, default=5)
     args = p.parse_args()
-    from ghostmap.ensemble import expected_calibration_error
-    from ghostmap.evaluation import wall_mask
+    from ghostmap.evaluation import expected_calibration_error, wall_mask
     from ghostmap.labels import Labels
     from ghostmap.reading import open_scan
     from ghostmap.training import TrainingOptions, train

@@ -116,8 +116,7 @@ def summarise(rows: list[dict]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    from ghostmap.ensemble import expected_calibration_error
-    from ghostmap.evaluation import wall_mask
+    from ghostmap.evaluation import expected_calibration_error, wall_mask
     from ghostmap.reading import open_scan
     from ghostmap.training import TrainingOptions
 

@@ -482,8 +482,7 @@ def markdown(args, info, truth, test, walls, runs, baselines, figures, elapsed, 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    from ghostmap.ensemble import expected_calibration_error
-    from ghostmap.evaluation import wall_mask
+    from ghostmap.evaluation import expected_calibration_error, wall_mask
     from ghostmap.reading import open_scan
     from ghostmap.sampling import default_step
     from ghostmap.training import TrainingOptions

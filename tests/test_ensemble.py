@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from ghostmap.ensemble import EnsembleNet, expected_calibration_error, fit_temperature
+from ghostmap.ensemble import EnsembleNet, fit_temperature
+from ghostmap.evaluation import expected_calibration_error
 from ghostmap.model import CompactNet
 
 
@@ -36,19 +37,6 @@ def test_temperature_stays_within_its_bounds():
     assert fit_temperature(logits, torch.tensor([1, 1, 0])) == pytest.approx(8.0, rel=0.05)
     assert fit_temperature(logits, torch.tensor([0, 0, 0])) == pytest.approx(0.25, rel=0.05)
     assert fit_temperature(torch.zeros(0, 2), torch.zeros(0, dtype=torch.long)) == 1.0
-
-
-def test_expected_calibration_error_and_table():
-    conf = np.array([0.95] * 100 + [0.55] * 100)
-    hit = np.array([True] * 95 + [False] * 5 + [True] * 55 + [False] * 45)
-    error, table = expected_calibration_error(conf, hit, bins=10)
-    assert error == pytest.approx(0.0, abs=1e-12)
-    assert sum(table["count"]) == 200 and table["accuracy"][9] == pytest.approx(0.95)
-    assert table["accuracy"][0] is None
-    error, _ = expected_calibration_error(np.full(10, 0.9), np.zeros(10, bool))
-    assert error == pytest.approx(0.9)
-    with pytest.raises(ValueError):
-        expected_calibration_error(np.ones(3), np.ones(2, bool))
 
 
 def test_ensemble_output_is_the_members_mean_logit_over_the_temperature():

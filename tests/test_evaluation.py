@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from ghostmap.errors import GhostmapError
-from ghostmap.evaluation import evaluate, format_report, wall_mask
+from ghostmap.evaluation import evaluate, expected_calibration_error, format_report, wall_mask
 from ghostmap.labels import Labels
 
 
@@ -75,3 +75,16 @@ def test_calibration_error_and_reliability_with_full_truth():
     # sparse truth: no calibration keys, as no wall keys
     sparse = Labels(np.array([0, 9], np.int64), np.array([0, 0], np.int64), np.array(["vertical", "horizontal"]))
     assert "expected_calibration_error" not in evaluate(predicted, sparse, probabilities=probs)
+
+
+def test_expected_calibration_error_and_table():
+    conf = np.array([0.95] * 100 + [0.55] * 100)
+    hit = np.array([True] * 95 + [False] * 5 + [True] * 55 + [False] * 45)
+    error, table = expected_calibration_error(conf, hit, bins=10)
+    assert error == pytest.approx(0.0, abs=1e-12)
+    assert sum(table["count"]) == 200 and table["accuracy"][9] == pytest.approx(0.95)
+    assert table["accuracy"][0] is None
+    error, _ = expected_calibration_error(np.full(10, 0.9), np.zeros(10, bool))
+    assert error == pytest.approx(0.9)
+    with pytest.raises(ValueError):
+        expected_calibration_error(np.ones(3), np.ones(2, bool))

@@ -17,6 +17,7 @@ def test_confidence_and_names_follow_the_probabilities():
     assert FromPrediction is Prediction  # one class, wherever it is imported from
 
 
-def test_results_and_output_files_do_not_import_torch():
-    code = "import sys, ghostmap.result, ghostmap.outputs, ghostmap.baselines; print('torch' in sys.modules)"
+def test_results_output_files_and_evaluation_do_not_import_torch():
+    code = ("import sys, ghostmap.result, ghostmap.outputs, ghostmap.baselines, ghostmap.evaluation; "
+            "print('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"

@@ -253,7 +253,7 @@ def test_the_compact_network_gets_the_own_pattern_by_default(small_scan):
 def test_scan_temperature_calibrates_one_network_without_changing_its_classes(small_scan, tmp_path):
     import json
 
-    from ghostmap.ensemble import expected_calibration_error
+    from ghostmap.evaluation import expected_calibration_error
     from ghostmap.model import Model
 
     scan, truth = small_scan

@@ -30,7 +30,7 @@ from .errors import GhostmapError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EnsembleNet", "fit_temperature", "neighbour_classes", "scan_temperature", "expected_calibration_error"]
+__all__ = ["EnsembleNet", "fit_temperature", "neighbour_classes", "scan_temperature", "tempered"]
 
 
 def _stage(cin: int, cout: int, members: int, first: bool = False, stem: str = "pool") -> list[nn.Module]:
@@ -253,51 +253,3 @@ def tempered(probabilities: np.ndarray, temperature: float) -> np.ndarray:
     log_p -= log_p.max(-1, keepdims=True)
     p = np.exp(log_p)
     return (p / p.sum(-1, keepdims=True)).astype(np.float32)
-
-
-def expected_calibration_error(probabilities: np.ndarray, correct: np.ndarray, bins: int = 15) -> tuple[float, dict]:
-    """Expected calibration error of the winning class's probability, and the reliability table.
-
-    Positions are put in ``bins`` equal-width bins of confidence (the winning class's
-    probability); the error is the position-weighted mean gap between each bin's mean
-    confidence and its accuracy.
-
-    Parameters
-    ----------
-    probabilities : numpy.ndarray
-        Winning-class probability per position, any shape.
-    correct : numpy.ndarray
-        Whether the winning class is right, same shape.
-    bins : int
-        Number of confidence bins over [0, 1].
-
-    Returns
-    -------
-    float, dict
-        The error, and per bin ``edges`` (bins + 1), ``count``, ``confidence``, ``accuracy``
-        (``None`` for empty bins).
-
-    Example
-    -------
-    >>> round(expected_calibration_error(np.array([0.9, 0.9]), np.array([True, False]))[0], 2)
-    0.4
-    """
-    conf = np.asarray(probabilities, np.float64).ravel()
-    hit = np.asarray(correct, bool).ravel()
-    if conf.shape != hit.shape:
-        raise ValueError(f"{conf.size} probabilities but {hit.size} outcomes")
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    which = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, bins - 1)
-    count = np.bincount(which, minlength=bins)
-    conf_sum = np.bincount(which, weights=conf, minlength=bins)
-    hit_sum = np.bincount(which, weights=hit.astype(np.float64), minlength=bins)
-    filled = count > 0
-    gap = np.abs(conf_sum[filled] - hit_sum[filled]).sum()
-    error = float(gap / max(1, conf.size))
-    table = {
-        "edges": edges.round(6).tolist(),
-        "count": count.astype(int).tolist(),
-        "confidence": [float(s / n) if n else None for s, n in zip(conf_sum, count)],
-        "accuracy": [float(s / n) if n else None for s, n in zip(hit_sum, count)],
-    }
-    return error, table

@@ -14,7 +14,6 @@ import logging
 import numpy as np
 import scipy.ndimage as ndi
 
-from .ensemble import expected_calibration_error
 from .errors import GhostmapError
 from .labels import Labels, check_in_scan, class_order
 
@@ -22,6 +21,54 @@ logger = logging.getLogger(__name__)
 
 #: Confidence bins of the reliability table.
 CALIBRATION_BINS = 15
+
+
+def expected_calibration_error(probabilities: np.ndarray, correct: np.ndarray, bins: int = 15) -> tuple[float, dict]:
+    """Expected calibration error of the winning class's probability, and the reliability table.
+
+    Positions are put in ``bins`` equal-width bins of confidence (the winning class's
+    probability); the error is the position-weighted mean gap between each bin's mean
+    confidence and its accuracy.
+
+    Parameters
+    ----------
+    probabilities : numpy.ndarray
+        Winning-class probability per position, any shape.
+    correct : numpy.ndarray
+        Whether the winning class is right, same shape.
+    bins : int
+        Number of confidence bins over [0, 1].
+
+    Returns
+    -------
+    float, dict
+        The error, and per bin ``edges`` (bins + 1), ``count``, ``confidence``, ``accuracy``
+        (``None`` for empty bins).
+
+    Example
+    -------
+    >>> round(expected_calibration_error(np.array([0.9, 0.9]), np.array([True, False]))[0], 2)
+    0.4
+    """
+    conf = np.asarray(probabilities, np.float64).ravel()
+    hit = np.asarray(correct, bool).ravel()
+    if conf.shape != hit.shape:
+        raise ValueError(f"{conf.size} probabilities but {hit.size} outcomes")
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, bins - 1)
+    count = np.bincount(which, minlength=bins)
+    conf_sum = np.bincount(which, weights=conf, minlength=bins)
+    hit_sum = np.bincount(which, weights=hit.astype(np.float64), minlength=bins)
+    filled = count > 0
+    gap = np.abs(conf_sum[filled] - hit_sum[filled]).sum()
+    error = float(gap / max(1, conf.size))
+    table = {
+        "edges": edges.round(6).tolist(),
+        "count": count.astype(int).tolist(),
+        "confidence": [float(s / n) if n else None for s, n in zip(conf_sum, count)],
+        "accuracy": [float(s / n) if n else None for s, n in zip(hit_sum, count)],
+    }
+    return error, table
 
 
 def wall_mask(truth: np.ndarray, distance: int = 2) -> np.ndarray:
@@ -48,7 +95,7 @@ def evaluate(predicted: np.ndarray, truth: Labels, probabilities: np.ndarray | N
     probabilities : numpy.ndarray, optional
         (rows, cols, C) class probabilities of the prediction. When given and the truth
         covers every position, the report gains ``expected_calibration_error``,
-        ``mean_confidence`` and ``reliability`` (see :func:`ghostmap.ensemble.expected_calibration_error`).
+        ``mean_confidence`` and ``reliability`` (see :func:`expected_calibration_error`).
 
     Returns
     -------
