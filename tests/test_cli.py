@@ -25,6 +25,8 @@ import pytest
 
 import ghostmap.training
 from ghostmap.cli import main
+from ghostmap.labels import read_labels
+from ghostmap.sampling import propose
 
 PAPER_YAML = Path(__file__).resolve().parents[2] / "shared" / "paper-labels" / "paper_data_50_binary_frame_1_labels.yaml"
 
@@ -384,6 +386,12 @@ def test_sample_active_loop_with_a_model(cli, small_sim, tmp_path, monkeypatch):
     batch = read_positions(out)
     assert len(batch) == 4 and len(set(batch)) == 4 and not set(batch) & set(grid)
     assert all(0 <= x < 30 and 0 <= y < 10 for x, y in batch)
+    # ranked by the uncertainty of the map 'ghostmap predict' writes with this model
+    assert cli("predict", small_sim["scan"], "--model", model, "--out", tmp_path / "map").code == 0
+    with np.load(tmp_path / "map" / "predictions.npz") as written:
+        x, y = propose((10, 30), read_labels(labels), 20, strategy="active", step=5, model=written["probabilities"],
+                       batch=4)
+    assert sorted(zip(x.tolist(), y.tolist())) == sorted(batch)
     # budget: never past it, header-only once spent
     write_labels_csv(labels, given + [(x, y, truth[x, y]) for x, y in batch])
     r = cli("sample", small_sim["scan"], "--labels", labels, "--budget", len(grid) + 6, "--strategy", "active",
@@ -777,6 +785,26 @@ def test_predict_on_the_cpu_never_imports_torch(tmp_path, tiny):
     with np.load(tmp_path / "out" / "predictions.npz", allow_pickle=False) as got, \
             np.load(tiny["results"] / "predictions.npz", allow_pickle=False) as before:
         np.testing.assert_array_equal(got["labels"], before["labels"])
+
+
+def test_active_sampling_from_a_model_folder_on_the_cpu_never_imports_torch(tmp_path, tiny):
+    """sample --strategy active --model classifies the scan the way predict does (ONNX Runtime), without torch."""
+    out, labels = tmp_path / "next.csv", write_labels_csv(tmp_path / "labels.csv", two_class_rows((6, 6))[:12])
+    script = ("import sys\n"
+              "from ghostmap.cli import main\n"
+              "try:\n"
+              f"    main(['sample', {str(tiny['scan'])!r}, '--labels', {str(labels)!r}, '--budget', '40', "
+              f"'--strategy', 'active', '--model', {str(tiny['model'])!r}, '--batch', '3', '--out', {str(out)!r}])\n"
+              "except SystemExit as exc:\n"
+              "    assert not exc.code, exc.code\n"
+              "print('torch' in sys.modules)\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "False"
+    with np.load(tiny["results"] / "predictions.npz") as written:  # predict's map ranks the positions
+        x, y = propose((6, 6), read_labels(labels), 40, strategy="active", model=written["probabilities"],
+                       batch=3)
+    assert len(x) == 3 and read_positions(out) == sorted(zip(x.tolist(), y.tolist()), key=lambda p: (p[1], p[0]))
 
 
 def test_predict_engine_errors(cli, tmp_path, tiny):

@@ -216,6 +216,16 @@ def test_cli_predict_on_a_glob_writes_a_series(series, tmp_path):
     assert load_series(out)["labels"].shape[0] == STEPS
     again = ghostmap("predict", *series["paths"], "--model", series["model_dir"], "--out", out)
     assert again.returncode == 0 and again.stdout.count("already classified") == STEPS
+    # each step is classified as 'ghostmap predict' classifies that scan alone (ONNX Runtime's int8 graph here)
+    single = ghostmap("predict", series["paths"][1], "--model", series["model_dir"], "--out", tmp_path / "one")
+    assert single.returncode == 0, single.stderr
+    probabilities = {name: np.load(path / "predictions.npz")["probabilities"]
+                     for name, path in (("step", out / "step_0001"), ("one", tmp_path / "one"))}
+    assert np.array_equal(probabilities["step"], probabilities["one"])
+    torch_run = ghostmap("predict", series["paths"][1], "--model", series["model_dir"], "--out", tmp_path / "torch",
+                         "--engine", "torch")
+    assert torch_run.returncode == 0, torch_run.stderr  # PyTorch's float32 differs: the step did not come from it
+    assert not np.array_equal(np.load(tmp_path / "torch" / "predictions.npz")["probabilities"], probabilities["one"])
 
 
 def test_cli_series_with_a_mismatched_scan_is_one_line(series, tmp_path):

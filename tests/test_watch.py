@@ -173,6 +173,12 @@ def test_cli_watch_survives_being_stopped_and_restarted(series, tmp_path):
     assert arrays["labels"].shape[0] == 3
     assert (out / "step_0001" / "predictions.npz").stat().st_mtime_ns == stamp
     assert not [p for p in out.rglob(".*") if p.name.startswith(".")]  # no temporary files left behind
+    # each scan is classified as 'ghostmap predict' classifies it alone
+    single = subprocess.run([sys.executable, "-m", "ghostmap.cli", "predict", str(series["paths"][2]), "--model",
+                             str(series["model_dir"]), "--out", str(tmp_path / "one")], capture_output=True, text=True)
+    assert single.returncode == 0, single.stderr
+    with np.load(out / "step_0002" / "predictions.npz") as step, np.load(tmp_path / "one" / "predictions.npz") as one:
+        assert np.array_equal(step["probabilities"], one["probabilities"])
 
 
 def test_a_folder_of_gms_insitu_sessions_gives_one_step_per_time_slice(series, tmp_path):

@@ -183,14 +183,26 @@ def sample(
 ):
     """Propose the next positions to label."""
     from .labels import read_labels, write_positions
-    from .sampling import propose
+    from .sampling import MIN_MODEL_LABELS, propose
 
     if (model_dir is not None or batch is not None) and strategy != "active":
         raise GhostmapError(f"--model and --batch work with --strategy active, not {strategy}")
     with _open(data, dataset, scan_shape) as scan:
         shape = scan.scan_shape
         given = read_labels(labels, scan_shape=shape, missing_ok=True)
-        x, y = propose(shape, given, budget, strategy=strategy, step=step, seed=seed, model=model_dir,
+        model = model_dir
+        if model_dir is not None and MIN_MODEL_LABELS <= len(given) < budget:
+            # the scan classified as 'ghostmap predict' classifies it: the uncertainty ranked is that of its maps
+            from .modelfile import read_description
+
+            def with_torch(reader):
+                from .model import Model
+
+                with _predictor("local", None, None, None, None) as predict_step:
+                    return predict_step(None, scan, Model.load(model_dir), f"classifying {data.name}", reader=reader)
+
+            model = _classify(scan, model_dir, read_description(model_dir), f"classifying {data.name}", with_torch)
+        x, y = propose(shape, given, budget, strategy=strategy, step=step, seed=seed, model=model,
                        scan=scan if model_dir is not None else None, batch=batch)
     write_positions(out_path, x, y)
     if len(x):
@@ -351,31 +363,26 @@ def predict(
         reuse_freed_memory()  # this command's own process only: the library leaves the allocator alone
         step = Step(data[0], None, dataset, shape)
         with step.open() as scan:
-            # the scan is read and binned in a background thread while torch and the model load
-            reader = _start_reading(scan, description, readahead, model_dir)
-            try:
-                network = _onnx_network(model_dir, description, engine, device, compile_mode, batch_size, reader,
-                                        precision)
-                if network is not None:  # the CPU, without torch
-                    result = _predict_with_onnx(scan, reader, network, description, f"classifying {data[0].name}")
-                else:
-                    from .model import Model
+            def with_torch(reader):
+                from .model import Model
 
-                    model = Model.load(model_dir)
-                    with _predictor(executor, scheduler, workers, batch_size, device, compile_mode) as predict_step:
-                        result = predict_step(step, scan, model, f"classifying {data[0].name}", reader=reader)
-            finally:
-                if reader is not None:
-                    reader.close()
+                with _predictor(executor, scheduler, workers, batch_size, device, compile_mode) as predict_step:
+                    return predict_step(step, scan, Model.load(model_dir), f"classifying {data[0].name}",
+                                        reader=reader)
+
+            result = _classify(scan, model_dir, description, f"classifying {data[0].name}", with_torch,
+                               engine=engine, precision=precision, device=device, compile_mode=compile_mode,
+                               batch_size=batch_size, readahead=readahead)
         _report_prediction(out_dir, result, data[0].name)
         return
-    if engine == "onnx":
-        raise GhostmapError("--engine onnx classifies one scan on this machine (the local executor), not a series "
-                            "or a Dask cluster")
+    if executor == "dask" and (engine == "onnx" or precision == "int8"):
+        raise GhostmapError(f"--{'engine onnx' if engine == 'onnx' else 'precision int8'} classifies on this machine "
+                            "(the local executor), not on a Dask cluster")
     from .model import Model
 
     model = Model.load(model_dir)
-    with _predictor(executor, scheduler, workers, batch_size, device, compile_mode) as predict_step:
+    with _predictor(executor, scheduler, workers, batch_size, device, compile_mode, model_dir=model_dir, engine=engine,
+                    precision=precision) as predict_step:
         if is_series(data, dataset):
             _predict_series(data, model, out_dir, predict_step, dataset, shape)
             return
@@ -477,6 +484,22 @@ def _predict_with_onnx(scan, reader, network, description: dict, title: str):
                                  progress=_ProgressThenImport(progress, task, ready=lambda: reader.finished))
 
 
+def _classify(scan, model_dir: Path, description: dict, title: str, with_torch: Callable, *, engine: str = "auto",
+              precision: str = "auto", device=None, compile_mode: str = "none", batch_size=None, readahead: int = 256):
+    """One opened scan classified as ``ghostmap predict`` classifies it: read and binned in a background
+    thread from the start, then ONNX Runtime on the CPU where the model folder allows
+    (:func:`_onnx_network`), else ``with_torch(reader)``, which gets the reader already started."""
+    reader = _start_reading(scan, description, readahead, model_dir)
+    try:
+        network = _onnx_network(model_dir, description, engine, device, compile_mode, batch_size, reader, precision)
+        if network is not None:  # the CPU, without torch
+            return _predict_with_onnx(scan, reader, network, description, title)
+        return with_torch(reader)
+    finally:
+        if reader is not None:
+            reader.close()
+
+
 def _start_reading(scan, description: dict, readahead: int, model_dir: Path):
     """Start reading ``scan`` and making the described model's network inputs, before torch loads.
 
@@ -529,10 +552,16 @@ def reuse_freed_memory(mmap_threshold: int = 256 * 2**20, trim_threshold: int = 
 
 
 class _predictor:
-    """Context manager giving ``predict_step(step, scan, model, description)`` with a progress bar,
-    run here or on a Dask cluster (kept open across the steps of a series)."""
+    """Context manager giving ``predict_step(step, scan, model, title)`` with a progress bar,
+    run here or on a Dask cluster (kept open across the steps of a series).
 
-    def __init__(self, executor, scheduler, workers, batch_size, device, compile_mode="none"):
+    Given the model's folder, each scan classified here goes the way ``ghostmap predict`` takes
+    one scan (:func:`_classify`: ONNX Runtime on the CPU where the folder allows); else, and on a
+    cluster, PyTorch classifies it.
+    """
+
+    def __init__(self, executor, scheduler, workers, batch_size, device, compile_mode="none", *,
+                 model_dir: Path | None = None, engine: str = "auto", precision: str = "auto"):
         from .prediction import COMPILE_MODES
 
         if compile_mode not in COMPILE_MODES:
@@ -542,6 +571,7 @@ class _predictor:
             raise typer.BadParameter("applies to the local executor only", param_hint="--compile")
         self.executor, self.scheduler, self.workers = executor, scheduler, workers
         self.batch_size, self.device, self.compile = batch_size, device, compile_mode
+        self.model_dir, self.engine, self.precision = model_dir, engine, precision
         self.client, self._context = None, None
 
     def __enter__(self):
@@ -559,12 +589,22 @@ class _predictor:
         if self._context is not None:
             self._context.__exit__(*exc)
 
-    def predict(self, step, scan, model, description, reader=None):
-        from .prediction import predict as predict_scan
+    def predict(self, step, scan, model, title, reader=None):
         reuse_freed_memory()  # this command's own process only: the library leaves the allocator alone
+        if self.client is None and reader is None and self.model_dir is not None:
+            from .modelfile import read_description
+
+            return _classify(scan, self.model_dir, read_description(self.model_dir), title,
+                             lambda started: self._with_torch(step, scan, model, title, started),
+                             engine=self.engine, precision=self.precision, device=self.device,
+                             compile_mode=self.compile, batch_size=self.batch_size)
+        return self._with_torch(step, scan, model, title, reader)
+
+    def _with_torch(self, step, scan, model, title, reader):
+        from .prediction import predict as predict_scan
 
         with _progress() as progress:
-            task = progress.add_task(description, total=scan.n_patterns, info="patterns")
+            task = progress.add_task(title, total=scan.n_patterns, info="patterns")
             report = _ProgressThenImport(progress, task)
             if self.client is None:
                 return predict_scan(scan, model, batch_size=self.batch_size, device=self.device, progress=report,
@@ -650,7 +690,8 @@ def watch(
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)  # a service manager's stop finishes like Ctrl+C
-    with _predictor("dask" if scheduler else executor, scheduler, workers, batch_size, device) as predict_step:
+    with _predictor("dask" if scheduler else executor, scheduler, workers, batch_size, device,
+                    model_dir=model_dir) as predict_step:
         watcher = Watcher(folder, model, out_dir, options, report=report,
                           predict_step=lambda step, scan, m: predict_step(step, scan, m, f"classifying {step.path.name}"))
         done = len(watcher.writer)

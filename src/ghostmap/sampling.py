@@ -325,12 +325,13 @@ def spread_by_uncertainty(score: np.ndarray, excluded: np.ndarray, k: int, min_d
 
 def _checked_model(model, scan, labels: Labels):
     """A model given as a folder loaded, and a model or prediction checked against the scan and labels."""
-    from ghostmap.model import Model
-    from ghostmap.prediction import Prediction
+    from ghostmap.result import Prediction  # no torch for a prediction already made
 
     if isinstance(model, (Prediction, np.ndarray)):
         classes = tuple(model.classes) if isinstance(model, Prediction) else None
     else:
+        from ghostmap.model import Model
+
         if not isinstance(model, Model):
             model = Model.load(model)
         if scan is None:
@@ -350,15 +351,16 @@ def _checked_model(model, scan, labels: Labels):
 
 def _probabilities_of(model, scan, scan_shape: tuple[int, int]) -> np.ndarray:
     """The (rows, cols, C) class probabilities the active strategy ranks."""
-    from ghostmap.model import Model
-    from ghostmap.prediction import Prediction, predict
+    from ghostmap.result import Prediction
 
-    if isinstance(model, Model):
-        probabilities = predict(scan, model).probabilities
-    elif isinstance(model, Prediction):
+    if isinstance(model, Prediction):
         probabilities = model.probabilities
-    else:
-        probabilities = np.asarray(model)
+    elif isinstance(model, np.ndarray):
+        probabilities = model
+    else:  # a Model, as _checked_model left it
+        from ghostmap.prediction import predict
+
+        probabilities = predict(scan, model).probabilities
     if probabilities.ndim != 3 or probabilities.shape[:2] != tuple(scan_shape):
         raise GhostmapError(f"the model's prediction has shape {probabilities.shape}, but the scan has "
                             f"{scan_shape[0]} x {scan_shape[1]} positions")
