@@ -145,6 +145,7 @@ def main(argv: list[str]) -> None:
         if not path.exists():
             raise SystemExit(f"{path} is missing: run benchmarks/benchmark.py first")
     subprocess.run(["cat", str(args.scan), str(args.scan.with_suffix(".h5"))], stdout=subprocess.DEVNULL, check=True)
+    started = dt.datetime.now(dt.timezone.utc)
     results = []
     with tempfile.TemporaryDirectory(prefix="ghostmap-commands-") as tmp:
         work = Path(tmp)
@@ -164,13 +165,14 @@ def main(argv: list[str]) -> None:
     table = markdown_table(["command", "seconds (median)", "peak RSS (MB)"], body)
     info = machine_info(["cpu"])
     section = (f"{START}\n### Every other command at the paper's scan size\n\n"
-               f"Measured {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC on {info['cpu']}, "
+               f"Measured {started:%Y-%m-%d %H:%M} UTC on {info['cpu']}, "
                f"{info['cores']} cores, with `python benchmarks/commands.py --repeats {args.repeats}` on the "
                f"scan, labels and model of `benchmarks/benchmark.py` ({args.scan.name}, page cache warm); "
-               f"medians of {args.repeats} runs, each a fresh process.\n\n{table}\n{END}\n")
+               f"medians of {args.repeats} runs, each a fresh process. `train`, `baseline` and `predict` from HDF5 "
+               f"are in the Benchmark table above.\n\n{table}\n{END}\n")
     print(section)
     if args.write:
-        put_section(args.write, START, END, section, before="### Bounded memory on a scan larger than half the RAM")
+        put_section(args.write, START, END, section, before="<!-- bigscan:start -->")
 
 
 if __name__ == "__main__":
