@@ -766,22 +766,28 @@ def test_predict_command_reading_ahead_gives_the_library_prediction(cli, tmp_pat
     assert r.code == 2 and "readahead" in r.err
 
 
+def modules_imported_by(*args) -> set[str]:
+    """Run ``ghostmap ARGS`` in a fresh Python process (it must succeed); the top-level modules it imported."""
+    script = ("import sys\n"
+              "from ghostmap.cli import main\n"
+              "try:\n"
+              f"    main({[str(a) for a in args]!r})\n"
+              "except SystemExit as exc:\n"
+              "    assert not exc.code, exc.code\n"
+              "print(' '.join(sorted({name.split('.')[0] for name in sys.modules})))\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return set(proc.stdout.strip().splitlines()[-1].split())
+
+
 def test_predict_on_the_cpu_never_imports_torch(tmp_path, tiny):
     """The default engine on the CPU: ONNX Runtime, with reading, binning and inputs in NumPy;
     and no HDF5 library for a scan that is not HDF5 (h5py and its filters: 45 ms of start-up), nor
     pydantic (which typer 0.29 imports on every run: 0.13 s)."""
-    script = ("import sys\n"
-              "from ghostmap.cli import main\n"
-              "try:\n"
-              f"    main(['predict', {str(tiny['scan'])!r}, '--model', {str(tiny['model'])!r}, '--out', "
-              f"{str(tmp_path / 'out')!r}, '--device', 'cpu'])\n"
-              "except SystemExit as exc:\n"
-              "    assert not exc.code, exc.code\n"
-              "print('torch' in sys.modules, 'h5py' in sys.modules, 'pydantic' in sys.modules)\n")
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
+    imported = modules_imported_by("predict", tiny["scan"], "--model", tiny["model"], "--out", tmp_path / "out",
+                                   "--device", "cpu")
     assert str(tiny["scan"]).endswith(".npy")
-    assert proc.stdout.strip().splitlines()[-1] == "False False False"
+    assert not imported & {"torch", "h5py", "pydantic"}
     with np.load(tmp_path / "out" / "predictions.npz", allow_pickle=False) as got, \
             np.load(tiny["results"] / "predictions.npz", allow_pickle=False) as before:
         np.testing.assert_array_equal(got["labels"], before["labels"])
@@ -790,17 +796,9 @@ def test_predict_on_the_cpu_never_imports_torch(tmp_path, tiny):
 def test_active_sampling_from_a_model_folder_on_the_cpu_never_imports_torch(tmp_path, tiny):
     """sample --strategy active --model classifies the scan the way predict does (ONNX Runtime), without torch."""
     out, labels = tmp_path / "next.csv", write_labels_csv(tmp_path / "labels.csv", two_class_rows((6, 6))[:12])
-    script = ("import sys\n"
-              "from ghostmap.cli import main\n"
-              "try:\n"
-              f"    main(['sample', {str(tiny['scan'])!r}, '--labels', {str(labels)!r}, '--budget', '40', "
-              f"'--strategy', 'active', '--model', {str(tiny['model'])!r}, '--batch', '3', '--out', {str(out)!r}])\n"
-              "except SystemExit as exc:\n"
-              "    assert not exc.code, exc.code\n"
-              "print('torch' in sys.modules)\n")
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip().splitlines()[-1] == "False"
+    imported = modules_imported_by("sample", tiny["scan"], "--labels", labels, "--budget", 40, "--strategy", "active",
+                                   "--model", tiny["model"], "--batch", 3, "--out", out)
+    assert "torch" not in imported
     with np.load(tiny["results"] / "predictions.npz") as written:  # predict's map ranks the positions
         x, y = propose((6, 6), read_labels(labels), 40, strategy="active", model=written["probabilities"],
                        batch=3)
