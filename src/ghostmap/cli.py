@@ -193,15 +193,7 @@ def sample(
         model = model_dir
         if model_dir is not None and MIN_MODEL_LABELS <= len(given) < budget:
             # the scan classified as 'ghostmap predict' classifies it: the uncertainty ranked is that of its maps
-            from .modelfile import read_description
-
-            def with_torch(reader):
-                from .model import Model
-
-                with _predictor("local", None, None, None, None) as predict_step:
-                    return predict_step(None, scan, Model.load(model_dir), f"classifying {data.name}", reader=reader)
-
-            model = _classify(scan, model_dir, read_description(model_dir), f"classifying {data.name}", with_torch)
+            model = _classify(scan, model_dir, f"classifying {data.name}")
         x, y = propose(shape, given, budget, strategy=strategy, step=step, seed=seed, model=model,
                        scan=scan if model_dir is not None else None, batch=batch)
     write_positions(out_path, x, y)
@@ -363,14 +355,7 @@ def predict(
         reuse_freed_memory()  # this command's own process only: the library leaves the allocator alone
         step = Step(data[0], None, dataset, shape)
         with step.open() as scan:
-            def with_torch(reader):
-                from .model import Model
-
-                with _predictor(executor, scheduler, workers, batch_size, device, compile_mode) as predict_step:
-                    return predict_step(step, scan, Model.load(model_dir), f"classifying {data[0].name}",
-                                        reader=reader)
-
-            result = _classify(scan, model_dir, description, f"classifying {data[0].name}", with_torch,
+            result = _classify(scan, model_dir, f"classifying {data[0].name}", description=description, step=step,
                                engine=engine, precision=precision, device=device, compile_mode=compile_mode,
                                batch_size=batch_size, readahead=readahead)
         _report_prediction(out_dir, result, data[0].name)
@@ -484,17 +469,27 @@ def _predict_with_onnx(scan, reader, network, description: dict, title: str):
                                  progress=_ProgressThenImport(progress, task, ready=lambda: reader.finished))
 
 
-def _classify(scan, model_dir: Path, description: dict, title: str, with_torch: Callable, *, engine: str = "auto",
-              precision: str = "auto", device=None, compile_mode: str = "none", batch_size=None, readahead: int = 256):
+def _classify(scan, model_dir: Path, title: str, *, description: dict | None = None, step=None,
+              with_torch: Callable | None = None, engine: str = "auto", precision: str = "auto", device=None,
+              compile_mode: str = "none", batch_size=None, readahead: int = 256):
     """One opened scan classified as ``ghostmap predict`` classifies it: read and binned in a background
     thread from the start, then ONNX Runtime on the CPU where the model folder allows
-    (:func:`_onnx_network`), else ``with_torch(reader)``, which gets the reader already started."""
+    (:func:`_onnx_network`), else in PyTorch: ``with_torch(reader)`` (default: the folder's model
+    loaded only now, run here), which gets the reader already started."""
+    from .modelfile import read_description
+
+    description = description or read_description(model_dir)
     reader = _start_reading(scan, description, readahead, model_dir)
     try:
         network = _onnx_network(model_dir, description, engine, device, compile_mode, batch_size, reader, precision)
         if network is not None:  # the CPU, without torch
             return _predict_with_onnx(scan, reader, network, description, title)
-        return with_torch(reader)
+        if with_torch is not None:
+            return with_torch(reader)
+        from .model import Model
+
+        with _predictor("local", None, None, batch_size, device, compile_mode) as predict_step:
+            return predict_step(step, scan, Model.load(model_dir), title, reader=reader)
     finally:
         if reader is not None:
             reader.close()
@@ -592,10 +587,8 @@ class _predictor:
     def predict(self, step, scan, model, title, reader=None):
         reuse_freed_memory()  # this command's own process only: the library leaves the allocator alone
         if self.client is None and reader is None and self.model_dir is not None:
-            from .modelfile import read_description
-
-            return _classify(scan, self.model_dir, read_description(self.model_dir), title,
-                             lambda started: self._with_torch(step, scan, model, title, started),
+            return _classify(scan, self.model_dir, title, step=step,
+                             with_torch=lambda started: self._with_torch(step, scan, model, title, started),
                              engine=self.engine, precision=self.precision, device=self.device,
                              compile_mode=self.compile, batch_size=self.batch_size)
         return self._with_torch(step, scan, model, title, reader)
