@@ -639,15 +639,16 @@ def write_simulated_scan(path: str | os.PathLike, scan_shape: tuple[int, int] = 
     row_buf = np.empty((n_cols, det, det), np.uint16)
     with atomic_path(path) as tmp:
         if fmt == "npy":
-            mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint16, shape=shape)
-            try:
+            # plain writes of one row at a time: a memory map would count every page written as the
+            # process's own (4 GB of resident memory for the paper-size scan)
+            with open(tmp, "wb") as f:
+                np.lib.format.write_array_header_1_0(
+                    f, {"descr": np.lib.format.dtype_to_descr(row_buf.dtype), "fortran_order": False, "shape": shape})
                 for row in range(n_rows):
-                    scene.render_row(row, mm[row], noise_seed)
+                    scene.render_row(row, row_buf, noise_seed)
+                    f.write(row_buf.data)
                     if progress is not None:
                         progress(row + 1, n_rows)
-                mm.flush()
-            finally:
-                del mm
         else:
             import h5py
 
