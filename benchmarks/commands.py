@@ -6,7 +6,8 @@ script covers the rest of the command line on the same paper-size scan (34 x 206
 uint16, 3.67 GB), each command in its own process: `info` (with and without `--preview`),
 `sample` (adaptive, and active from a model), `evaluate`, `import-labels`, a two-scan series
 (`predict A B`), `watch` on a folder, and the label page (`ghostmap label`: start-up until the
-page answers, then the pattern, overview and state requests a first look makes). Run
+page answers, then the pattern, overview and state requests a first look makes), and `simulate`
+writing a paper-size scan (once: 1.5 min). Run
 `benchmarks/benchmark.py` first: this script reuses its scan, labels, truth and model::
 
     python benchmarks/commands.py [--repeats 3] [--write BENCHMARKS.md]
@@ -93,8 +94,9 @@ def label_page(scan: str, labels: str) -> dict:
     return {"seconds": seconds, "ready": ready, "peak_rss": rss, "returncode": 0}
 
 
-def commands(args: argparse.Namespace, work: Path) -> list[tuple[str, list[str], callable]]:
-    """(what, command, prepare) for every command; ``prepare()`` runs before each repeat, unmeasured."""
+def commands(args: argparse.Namespace, work: Path) -> list[tuple]:
+    """(what, command, prepare[, repeats]) for every command; ``prepare()`` runs before each repeat,
+    unmeasured; ``repeats`` (default ``--repeats``) for a command too slow to repeat."""
     scan, model, labels, truth = map(str, (args.scan, args.model, args.labels, args.truth))
     predicted = work / "predicted"
     watched = work / "watched"
@@ -133,6 +135,9 @@ def commands(args: argparse.Namespace, work: Path) -> list[tuple[str, list[str],
     if yaml.exists():
         rows.append(("import-labels (the paper's 50-label YAML)",
                      ghostmap_cmd("import-labels", str(yaml), "--out", str(work / "imported.csv")), nothing))
+    rows.append(("simulate a paper-size scan (34 x 206 x 512 x 512, one run)",
+                 ghostmap_cmd("simulate", str(work / "sim"), "--scan", "34x206", "--detector", "512"),
+                 lambda: shutil.rmtree(work / "sim", ignore_errors=True), 1))
     return rows
 
 
@@ -149,15 +154,16 @@ def main(argv: list[str]) -> None:
     results = []
     with tempfile.TemporaryDirectory(prefix="ghostmap-commands-") as tmp:
         work = Path(tmp)
-        for what, cmd, prepare in commands(args, work):
+        for what, cmd, prepare, *repeats in commands(args, work):
             runs: list[Run] = []
-            for i in range(args.repeats):
+            n = repeats[0] if repeats else args.repeats
+            for i in range(n):
                 prepare()
                 run = measured(cmd, what)
                 if cmd[1:2] == [str(Path(__file__).resolve())]:  # the label page's driver reports its own figures
                     run = Run(run.report["seconds"], run.report["peak_rss"], run.report)
                 runs.append(run)
-                print(f"{what} {i + 1}/{args.repeats}: {run.seconds:.2f} s, {run.peak_rss / 1e6:,.0f} MB", flush=True)
+                print(f"{what} {i + 1}/{n}: {run.seconds:.2f} s, {run.peak_rss / 1e6:,.0f} MB", flush=True)
             results.append((what, statistics.median(r.seconds for r in runs), max(r.peak_rss for r in runs),
                             runs[-1].report.get("ready")))
     body = [[what, f"{s:.2f}", f"{rss / 1e6:,.0f}" + ("" if ready is None else f" (page answered after {ready:.2f} s)")]
