@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import resource
 import sys
 import warnings
@@ -66,6 +67,29 @@ def test_npy_open_does_not_read_the_file(tmp_path):
     grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
     assert grown < 8 * 1024  # well under the 16 MiB file
     scan.close()
+
+
+def _resident_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="Linux's /proc")
+def test_boxes_of_a_npy_are_read_without_keeping_the_file_resident(tmp_path):
+    """read_box (training's labelled positions, the label page's patterns) reads with plain file
+    reads: a map's touched pages would stay resident, whole multi-page folios of them."""
+    path = tmp_path / "big.npy"
+    data = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint16, shape=(48, 48, 64, 64))  # 18.9 MB
+    data[:] = np.arange(64 * 64, dtype=np.uint16).reshape(64, 64)
+    data[:, :, 0, 0] = np.arange(48 * 48, dtype=np.uint16).reshape(48, 48)
+    del data
+    with open_scan(path) as scan:
+        before = _resident_bytes()
+        for r in range(1, 48, 3):
+            for c in range(1, 48, 3):  # 3 x 3 boxes that tile the whole scan
+                box = scan.read_box(r - 1, r + 2, c - 1, c + 2)
+                assert box[1, 1, 0, 0] == r * 48 + c and box[2, 0, 5, 7] == 5 * 64 + 7
+        assert _resident_bytes() - before < 8 * 2**20  # well under the 18.9 MB read
 
 
 def test_h5_auto_discovers_the_single_4d_dataset(tmp_path):

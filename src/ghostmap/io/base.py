@@ -126,23 +126,30 @@ class FlatFrames:
         return block[0] if not isinstance(rows, slice) else block
 
 
-def _read_file_rows(data: np.memmap, start: int, stop: int) -> np.ndarray:
-    """Rows of a memory-mapped .npy read with ordinary file reads.
+def _read_file_box(data: np.memmap, row0: int, row1: int, col0: int, col1: int) -> np.ndarray:
+    """Scan rows ``row0:row1``, columns ``col0:col1`` of a memory-mapped .npy read with ordinary file reads.
 
-    Slicing the map would leave every page it touched resident in this process, so the
-    resident size of a long prediction would grow to the file size; a plain read does not.
+    Slicing the map would leave every page it touched resident in this process (whole
+    multi-page folios, where the kernel caches the file in them), so the resident size of a
+    long prediction would grow to the file size; a plain read does not. One read per scan row,
+    or one for whole rows.
     """
-    row_bytes = math.prod(data.shape[1:]) * data.dtype.itemsize
-    out = np.empty((stop - start, *data.shape[1:]), dtype=data.dtype)
+    n_cols = data.shape[1]
+    pattern_bytes = math.prod(data.shape[2:]) * data.dtype.itemsize
+    out = np.empty((row1 - row0, col1 - col0, *data.shape[2:]), dtype=data.dtype)
     view = memoryview(out.reshape(-1).view(np.uint8))
+    stretches = ([(row0 * n_cols, len(view))] if (col0, col1) == (0, n_cols) else
+                 [(row * n_cols + col0, (col1 - col0) * pattern_bytes) for row in range(row0, row1)])
     with open(data.filename, "rb") as f:
-        f.seek(data.offset + start * row_bytes)
         done = 0
-        while done < len(view):
-            n = f.readinto(view[done:])
-            if not n:
-                raise GhostmapError(f"{data.filename} is truncated")
-            done += n
+        for first_pattern, size in stretches:
+            f.seek(data.offset + first_pattern * pattern_bytes)
+            end = done + size
+            while done < end:
+                n = f.readinto(view[done:end])
+                if not n:
+                    raise GhostmapError(f"{data.filename} is truncated")
+                done += n
     return out if out.dtype.isnative else out.astype(out.dtype.newbyteorder("="))
 
 
@@ -327,7 +334,7 @@ class Scan(_OpenFiles):
         """Scan rows ``start:stop`` as an array (stop-start, cols, det_rows, det_cols)."""
         start, stop = check_range(start, stop, self.shape[0], "rows")
         if _file_backed_rows(self.data):
-            return _read_file_rows(self.data, start, stop)
+            return _read_file_box(self.data, start, stop, 0, self.shape[1])
         return self._read(start, stop, (slice(start, stop),))
 
     def file_extent(self, start: int, stop: int) -> tuple[str, int] | None:
@@ -376,6 +383,8 @@ class Scan(_OpenFiles):
         """The patterns of scan rows ``row0:row1`` and columns ``col0:col1``."""
         row0, row1 = check_range(row0, row1, self.shape[0], "rows")
         col0, col1 = check_range(col0, col1, self.shape[1], "columns")
+        if _file_backed_rows(self.data):
+            return _read_file_box(self.data, row0, row1, col0, col1)
         return self._read(row0, row1, (slice(row0, row1), slice(col0, col1)))
 
     def read_pattern(self, row: int, col: int) -> np.ndarray:
