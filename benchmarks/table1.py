@@ -80,6 +80,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help=f"sampling strategies, comma-separated, of {', '.join(STRATEGIES)} (default adaptive,random; "
                         "active trains a model every --batch labels, so keep it to small budgets)")
     p.add_argument("--batch", type=int, default=None, help="active: positions per round (default ghostmap's)")
+    p.add_argument("--holdout", choices=("drop", "pool"), default="drop",
+                   help="drop: test positions the sampler asks for are labelled but not trained on (the paper's "
+                        "protocol, default); pool: the sampler never proposes them (propose's exclude), so every "
+                        "label in the budget is trained on")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads (default torch's; 1 is much faster on a machine shared with other jobs)")
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default: ghostmap's; for quick checks)")
@@ -174,18 +178,19 @@ def cached(path: Path, fresh: bool, compute) -> dict:
     return result
 
 
-def training_run(scan, truth, test, size, strategy, seed, step, options, batch=None) -> dict:
-    """Sample and label from the truth, drop test positions, train, classify every pattern."""
+def training_run(scan, truth, test, size, strategy, seed, step, options, batch=None, holdout="drop") -> dict:
+    """Sample and label from the truth, drop test positions (or never sample them), train, classify every pattern."""
     from ghostmap.demo import label_loop
     from ghostmap.prediction import predict
     from ghostmap.training import train
 
     start = time.perf_counter()
     cols = truth.shape[1]
+    exclude = (test.x, test.y) if holdout == "pool" else None
     if strategy == "active":
-        labels, rounds = active_loop(scan, truth, test, size, step, seed, options, batch)
+        labels, rounds = active_loop(scan, truth, test, size, step, seed, options, batch, exclude)
     else:
-        labels, rounds = label_loop(truth, size, strategy, step=step, seed=seed)
+        labels, rounds = label_loop(truth, size, strategy, step=step, seed=seed, exclude=exclude)
     trained = ~np.isin(labels.y * cols + labels.x, test.y * cols + test.x)
     model = train(scan, without_test(labels, test, cols), options)
     result = predict(scan, model)
@@ -202,7 +207,7 @@ def without_test(labels, test, cols: int):
     return Labels(labels.x[keep], labels.y[keep], labels.label[keep])
 
 
-def active_loop(scan, truth, test, size, step, seed, options, batch=None):
+def active_loop(scan, truth, test, size, step, seed, options, batch=None, exclude=None):
     """The user's loop: sample --strategy active, label, train, sample --model ..., until the budget is spent."""
     from ghostmap.labels import labels_from_truth
     from ghostmap.prediction import predict
@@ -217,7 +222,7 @@ def active_loop(scan, truth, test, size, step, seed, options, batch=None):
         if len(usable) >= MIN_MODEL_LABELS and len(usable.classes) >= 2:
             model = predict(scan, train(scan, usable, options))
         x, y = propose(truth.shape, labels, size, strategy="active", step=step, seed=seed + rounds, model=model,
-                       batch=batch)
+                       batch=batch, exclude=exclude)
         if len(x) == 0:
             return labels, rounds
         labels = labels.merged(labels_from_truth(truth, x, y))
@@ -512,10 +517,11 @@ def main(argv: list[str] | None = None) -> int:
                     options = TrainingOptions(arch=args.arch, epochs=args.epochs, seed=seed, members=args.members)
                     name = (f"{scan_path.stem}_{args.arch}_m{args.members}_e{args.epochs or 'auto'}_{RECIPE}_{strategy}{size}"
                             f"{f'_step{step}' if strategy != 'random' else ''}"
-                            f"{f'_b{args.batch or 0}' if strategy == 'active' else ''}_seed{seed}.npz")
+                            f"{f'_b{args.batch or 0}' if strategy == 'active' else ''}"
+                            f"{'_pool' if args.holdout == 'pool' else ''}_seed{seed}.npz")
                     args.reused += (cache / name).exists() and not args.fresh
                     run = cached(cache / name, args.fresh, lambda: training_run(
-                        scan, truth, test, size, strategy, seed, step, options, args.batch))  # noqa: B023 - called at once
+                        scan, truth, test, size, strategy, seed, step, options, args.batch, args.holdout))  # noqa: B023 - called at once
                     run["score"] = score(names_of(run), truth, test, walls)
                     run["ece"] = expected_calibration_error(run["probabilities"].max(-1),
                                                             names_of(run) == truth)[0]

@@ -178,11 +178,13 @@ def sample(
                                              "'ghostmap train' on these labels; the scan is classified to rank positions."),
     batch: Optional[int] = typer.Option(None, "--batch", help="With --strategy active and --model: positions per call "
                                         "(default 10)."),
+    exclude: Optional[Path] = typer.Option(None, "--exclude", help="CSV (x,y) of positions never to propose: a "
+                                           "held-out test set, vacuum, a damaged area. A label file works too."),
     dataset: Optional[str] = DatasetOpt,
     scan_shape: Optional[str] = ScanShapeOpt,
 ):
     """Propose the next positions to label."""
-    from .labels import read_labels, write_positions
+    from .labels import read_labels, read_positions, write_positions
     from .sampling import MIN_MODEL_LABELS, propose
 
     if (model_dir is not None or batch is not None) and strategy != "active":
@@ -190,12 +192,13 @@ def sample(
     with _open(data, dataset, scan_shape) as scan:
         shape = scan.scan_shape
         given = read_labels(labels, scan_shape=shape, missing_ok=True)
+        excluded = None if exclude is None else read_positions(exclude, scan_shape=shape)
         model = model_dir
         if model_dir is not None and MIN_MODEL_LABELS <= len(given) < budget:
             # the scan classified as 'ghostmap predict' classifies it: the uncertainty ranked is that of its maps
             model = _classify(scan, model_dir, f"classifying {data.name}")
         x, y = propose(shape, given, budget, strategy=strategy, step=step, seed=seed, model=model,
-                       scan=scan if model_dir is not None else None, batch=batch)
+                       scan=scan if model_dir is not None else None, batch=batch, exclude=excluded)
     write_positions(out_path, x, y)
     if len(x):
         out.print(f"{len(x)} positions to label -> {out_path} ({len(given)} labelled, budget {budget})")

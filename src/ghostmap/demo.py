@@ -25,12 +25,14 @@ from .training import TrainingOptions, train
 
 
 def label_loop(truth: np.ndarray, budget: int, strategy: str = "adaptive", step: int | None = None,
-               seed: int = 0, labels: Labels | None = None) -> tuple[Labels, int]:
-    """Sample and label from ``truth`` until the budget is spent or nothing is left; return labels and rounds."""
+               seed: int = 0, labels: Labels | None = None, exclude=None) -> tuple[Labels, int]:
+    """Sample and label from ``truth`` until the budget is spent or nothing is left; return labels and rounds.
+
+    ``exclude``: positions never proposed (:func:`ghostmap.sampling.propose`), such as a test set."""
     labels = labels if labels is not None else labels_from_truth(truth, np.array([], int), np.array([], int))
     rounds = 0
     while True:
-        x, y = propose(truth.shape, labels, budget, strategy=strategy, step=step, seed=seed + rounds)
+        x, y = propose(truth.shape, labels, budget, strategy=strategy, step=step, seed=seed + rounds, exclude=exclude)
         if len(x) == 0:
             return labels, rounds
         labels = labels.merged(labels_from_truth(truth, x, y))

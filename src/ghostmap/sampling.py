@@ -38,7 +38,7 @@ from ghostmap.errors import GhostmapError
 from ghostmap.labels import Labels, check_in_scan
 
 __all__ = ["STRATEGIES", "propose", "default_step", "coarse_grid", "boundary_midpoints", "refinement_spacings",
-           "uncertainty", "spread_by_uncertainty", "DEFAULT_BATCH", "MIN_MODEL_LABELS"]
+           "exclusion_mask", "uncertainty", "spread_by_uncertainty", "DEFAULT_BATCH", "MIN_MODEL_LABELS"]
 
 logger = logging.getLogger(__name__)
 
@@ -206,9 +206,9 @@ def _reading_order(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return x[idx].astype(np.int64), y[idx].astype(np.int64)
 
 
-def _propose_random(scan_shape, labelled: set, remaining: int, seed: int):
+def _propose_random(scan_shape, labelled: set, remaining: int, seed: int, excluded: np.ndarray):
     rows, cols = scan_shape
-    free = np.ones((rows, cols), dtype=bool)
+    free = ~excluded
     for x, y in labelled:
         free[y, x] = False
     flat = np.flatnonzero(free)
@@ -218,17 +218,18 @@ def _propose_random(scan_shape, labelled: set, remaining: int, seed: int):
     return _reading_order(x, y)
 
 
-def _propose_adaptive(scan_shape, labels: Labels, remaining: int, step: int, seed: int):
+def _propose_adaptive(scan_shape, labels: Labels, remaining: int, step: int, seed: int, excluded: np.ndarray):
     labelled = labels.to_dict()
     gx, gy = coarse_grid(scan_shape, step)
     todo = np.array([(x, y) not in labelled for x, y in zip(gx.tolist(), gy.tolist())], dtype=bool)
+    todo &= ~excluded[gy, gx]
     if todo.any():
         # The grid comes first: midpoints need labelled neighbours to be found.
         cx, cy = gx[todo], gy[todo]
         pick = _spread_subset(cx, cy, remaining, seed, anchors=(labels.x, labels.y))
         return _reading_order(cx[pick], cy[pick])
     for spacing in refinement_spacings(step):
-        mids = boundary_midpoints(labelled, spacing) - labelled.keys()
+        mids = {m for m in boundary_midpoints(labelled, spacing) - labelled.keys() if not excluded[m[1], m[0]]}
         if mids:
             cx = np.array([m[0] for m in mids], np.int64)
             cy = np.array([m[1] for m in mids], np.int64)
@@ -368,13 +369,13 @@ def _probabilities_of(model, scan, scan_shape: tuple[int, int]) -> np.ndarray:
 
 
 def _propose_active(scan_shape, labels: Labels, remaining: int, step: int, seed: int, model, scan, batch: int,
-                    min_distance: int):
+                    min_distance: int, excluded: np.ndarray):
     if model is not None:
         model, scan = _checked_model(model, scan, labels)
     if model is None or len(labels) < MIN_MODEL_LABELS:
-        return _propose_adaptive(scan_shape, labels, remaining, step, seed)
+        return _propose_adaptive(scan_shape, labels, remaining, step, seed, excluded)
     probabilities = _probabilities_of(model, scan, scan_shape)
-    excluded = np.zeros(scan_shape, bool)
+    excluded = excluded.copy()
     excluded[labels.y, labels.x] = True
     x, y = spread_by_uncertainty(uncertainty(probabilities), excluded, min(batch, remaining), min_distance, seed)
     logger.info("active sampling: %d positions, uncertainty %.3f to %.3f", len(x),
@@ -393,6 +394,7 @@ def propose(
     scan=None,
     batch: int | None = None,
     min_distance: int = DEFAULT_MIN_DISTANCE,
+    exclude=None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Positions ``(x, y)`` to label next, so that no more than ``budget`` are labelled in all.
 
@@ -404,7 +406,8 @@ def propose(
     ``"active"`` proposes the adaptive sampler's first batch until a model is given and
     at least :data:`MIN_MODEL_LABELS` labels exist, then up to ``batch`` of the positions
     the model is least sure of, spread out. When more candidates than the budget allows
-    are left, a spatially spread subset is taken. Results are reproducible from ``seed``.
+    are left, a spatially spread subset is taken. Positions in ``exclude`` are never proposed,
+    whatever the strategy. Results are reproducible from ``seed``.
 
     Parameters
     ----------
@@ -430,6 +433,10 @@ def propose(
         :data:`DEFAULT_BATCH`).
     min_distance : int
         ``"active"`` only: the closest two positions of one batch may lie.
+    exclude : numpy.ndarray or tuple of numpy.ndarray, optional
+        Positions never to propose: a (rows, cols) bool mask, or ``(x, y)`` arrays. A held-out
+        test set, vacuum, a damaged or drifting part of the scan. The budget still counts only
+        labels, so the proposals move elsewhere.
 
     Returns
     -------
@@ -462,11 +469,39 @@ def propose(
         raise GhostmapError(f"a model guides only the active strategy, not {strategy!r} (use --strategy active)")
     labels = Labels.empty() if labels is None else labels
     check_in_scan(labels.x, labels.y, (rows, cols), what="label position")
+    excluded = exclusion_mask(exclude, (rows, cols))
     remaining = budget - len(labels)
     if remaining <= 0:
         return _EMPTY
     if strategy == "random":
-        return _propose_random((rows, cols), set(labels.to_dict()), remaining, seed)
+        return _propose_random((rows, cols), set(labels.to_dict()), remaining, seed, excluded)
     if strategy == "active":
-        return _propose_active((rows, cols), labels, remaining, step, seed, model, scan, batch, min_distance)
-    return _propose_adaptive((rows, cols), labels, remaining, step, seed)
+        return _propose_active((rows, cols), labels, remaining, step, seed, model, scan, batch, min_distance,
+                               excluded)
+    return _propose_adaptive((rows, cols), labels, remaining, step, seed, excluded)
+
+
+def exclusion_mask(exclude, scan_shape: tuple[int, int]) -> np.ndarray:
+    """``exclude`` of :func:`propose` as a (rows, cols) bool mask: True = never propose.
+
+    Example
+    -------
+    >>> exclusion_mask((np.array([2]), np.array([1])), (2, 3)).astype(int)
+    array([[0, 0, 0],
+           [0, 0, 1]])
+    """
+    if exclude is None:
+        return np.zeros(scan_shape, bool)
+    if isinstance(exclude, np.ndarray) and exclude.dtype == bool:
+        if exclude.shape != tuple(scan_shape):
+            raise GhostmapError(f"the exclusion mask has shape {exclude.shape}, but the scan has "
+                                f"{scan_shape[0]} x {scan_shape[1]} positions")
+        return exclude.copy()
+    try:
+        x, y = (np.asarray(v).astype(np.int64, casting="same_kind").ravel() for v in exclude)
+    except (TypeError, ValueError) as exc:
+        raise GhostmapError("exclude must be a bool mask of the scan or (x, y) integer arrays") from exc
+    check_in_scan(x, y, scan_shape, what="excluded position")
+    mask = np.zeros(scan_shape, bool)
+    mask[y, x] = True
+    return mask
