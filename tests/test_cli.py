@@ -446,6 +446,25 @@ def test_sample_step_option(cli, small_sim, tmp_path):
     assert sorted(read_positions(out)) == sorted((x, y) for x in range(0, 30, 5) for y in (0, 5))
 
 
+
+def test_sample_exclude_keeps_proposals_off_the_named_positions(cli, small_sim, tmp_path):
+    held_out = tmp_path / "test_positions.csv"
+    held_out.write_text("x,y\n" + "".join(f"{x},{y}\n" for x in range(0, 30, 5) for y in (0, 5)))
+    out = tmp_path / "next.csv"
+    r = cli("sample", small_sim["scan"], "--labels", tmp_path / "l.csv", "--budget", 100, "--step", 5,
+            "--exclude", held_out, "--out", out)
+    assert r.code == 0, r.err
+    assert read_positions(out) == [], "the whole grid is excluded, and there are no labels to refine between"
+    r = cli("sample", small_sim["scan"], "--labels", tmp_path / "l.csv", "--budget", 40, "--strategy", "random",
+            "--exclude", held_out, "--out", out)
+    assert r.code == 0, r.err
+    got = read_positions(out)
+    assert len(got) == 40 and not set(got) & set(read_positions(held_out))
+    held_out.write_text("x,y\n31,2\n")
+    r = cli("sample", small_sim["scan"], "--labels", tmp_path / "l.csv", "--budget", 40, "--exclude", held_out,
+            "--out", out)
+    assert r.code != 0 and "31" in r.err and "Traceback" not in r.err
+
 # --------------------------------------------------------------------- 4. import-labels
 
 

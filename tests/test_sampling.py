@@ -354,3 +354,39 @@ def test_active_refuses_what_does_not_fit():
         propose(truth.shape, labels, 40, strategy="adaptive", model=probs)
     with pytest.raises(GhostmapError, match="batch must be at least 1"):
         propose(truth.shape, labels, 40, strategy="active", model=probs, batch=0)
+
+
+@pytest.mark.parametrize("strategy", ["adaptive", "random", "active"])
+def test_excluded_positions_are_never_proposed_and_the_budget_goes_elsewhere(strategy):
+    truth = wall_map()
+    probs = wall_probabilities(truth)
+    held_out = np.zeros(truth.shape, bool)
+    held_out[:, 10:16] = True  # the whole wall, and grid points on it
+    held_out[::4, ::3] = True
+    labels = Labels.empty()
+    budget = 30
+    while True:  # the loop a user runs, with the active model's probabilities once labels allow
+        model = probs if strategy == "active" and len(labels) >= 4 else None
+        x, y = propose(truth.shape, labels, budget, strategy=strategy, step=5, seed=1, model=model,
+                       exclude=held_out)
+        if len(x) == 0:
+            break
+        assert not held_out[y, x].any(), "an excluded position proposed"
+        labels = labels.merged(labels_from_truth(truth, x, y))
+    assert not held_out[labels.y, labels.x].any()
+    if strategy != "adaptive":  # adaptive stops once no wall is left to refine outside the exclusion
+        assert len(labels) == budget
+    # the same positions given as (x, y) arrays
+    ys, xs = np.nonzero(held_out)
+    assert positions(*propose(truth.shape, None, budget, strategy=strategy, step=5, seed=1, exclude=(xs, ys))) == \
+        positions(*propose(truth.shape, None, budget, strategy=strategy, step=5, seed=1, exclude=held_out))
+
+
+def test_exclusion_that_does_not_fit_the_scan_is_refused():
+    truth = wall_map()
+    with pytest.raises(GhostmapError, match="exclusion mask has shape"):
+        propose(truth.shape, None, 10, exclude=np.zeros((3, 3), bool))
+    with pytest.raises(GhostmapError, match="excluded position"):
+        propose(truth.shape, None, 10, exclude=(np.array([99]), np.array([0])))
+    with pytest.raises(GhostmapError, match="exclude must be"):
+        propose(truth.shape, None, 10, exclude=(np.array([1.5]), np.array([0.0])))
