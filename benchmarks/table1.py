@@ -425,8 +425,10 @@ def markdown(args, info, truth, test, walls, runs, baselines, figures, elapsed, 
         f"truth. **Test set:** the {len(test):,} positions of `test_data.yaml` ({100 * test_walls:.0f}% on walls), "
         f"scored against the truth ({info['test_changed']} differ from their hand label, where files disagree).", "",
         f"**Runs.** For each budget and strategy, {n} seed{'s' if n > 1 else ''} (sampling and training): the truth "
-        f"labels the positions the sampler asks for (adaptive grid step {steps}); sampled test positions are "
-        f"dropped from training; the {args.arch} network"
+        f"labels the positions the sampler asks for (adaptive grid step {steps}); "
+        + ("test positions are outside the sampler's pool (`propose(..., exclude=test)`), so every label is "
+           "trained on" if args.holdout == "pool" else "sampled test positions are dropped from training")
+        + f"; the {args.arch} network"
         f"{f' (an ensemble of {args.members}, calibrated)' if args.arch == 'compact' and args.members > 1 else ''} "
         "is trained "
         f"({'ghostmap default epochs' if args.epochs is None else f'{args.epochs} epochs'}) and classifies all "

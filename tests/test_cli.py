@@ -733,6 +733,20 @@ def test_train_stem_chooses_the_first_stage_and_predict_runs_it(cli, tmp_path, t
     assert r.code == 2 and "--stem" in r.err and not (tmp_path / "other").exists()
 
 
+
+def test_train_class_weights_is_recorded_and_a_misfit_label_is_reported(cli, tmp_path, tiny):
+    r = cli("train", tiny["scan"], "--labels", tiny["labels"], "--out", tmp_path / "model", "--epochs", "1",
+            "--class-weights", "sqrt")
+    assert r.code == 0, r.err
+    metrics = json.loads((tmp_path / "model" / "model.json").read_text())["metrics"]
+    assert metrics["class_weights"] == "sqrt"
+    assert json.loads((tiny["model"] / "model.json").read_text())["metrics"]["class_weights"] == "balanced"
+    missed = round(metrics["n_labels"] * (1 - metrics["train_accuracy_all_labels"]))
+    said = re.search(r"calls (\d+) of the (\d+) labelled patterns another class", r.out.replace("\n", " "))
+    assert (int(said.group(1)), int(said.group(2))) == (missed, metrics["n_labels"]) if missed else said is None
+    r = cli("train", tiny["scan"], "--labels", tiny["labels"], "--out", tmp_path / "other", "--class-weights", "inverse")
+    assert r.code == 2 and "--class-weights" in r.err and not (tmp_path / "other").exists()
+
 def test_simulate_malformed_scan_writes_nothing(cli, tmp_path):
     r = cli("simulate", tmp_path / "sim", "--scan", "34by206")
     assert r.code == 1

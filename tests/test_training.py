@@ -309,6 +309,9 @@ def test_balanced_loss_weights_each_class_by_its_rarity_and_is_the_compact_defau
     plain, _ = loss_for(TrainingOptions(class_weights="none"), targets, 2)(network, x, y, None)
     assert float(plain) == pytest.approx(float(each.mean()))
     assert float(balanced) == pytest.approx(float((2 / 3 * each[0] + 2 * each[1]) / (2 / 3 + 2)))
+    root, _ = loss_for(TrainingOptions(class_weights="sqrt"), targets, 2)(network, x, y, None)
+    w0, w1 = (2 / 3) ** 0.5, 2 ** 0.5  # the balanced weights' square roots: a milder correction
+    assert float(root) == pytest.approx(float((w0 * each[0] + w1 * each[1]) / (w0 + w1)))
     paper, _ = loss_for(TrainingOptions(arch="paper"), targets, 2)(network, x, y, None)
     assert float(paper) == pytest.approx(float(plain))  # the paper's recipe stays unweighted
     with pytest.raises(GhostmapError, match="class_weights"):

@@ -243,6 +243,9 @@ def train(
                              "network that learnt less from few labels; BENCHMARKS.md)."),
     members: int = typer.Option(1, "--members", help="compact: 1 (default) = one network trained on every label; "
                                 "K > 1 = a calibrated ensemble of K, each trained on all labels but one fold (slower)."),
+    class_weights: Optional[str] = typer.Option(
+        None, "--class-weights", help="compact: balanced (default; each class's loss by the inverse of its share of "
+        "the labels), sqrt (the square root of that: wall-heavy active labels are overruled less) or none."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: CUDA if present)."),
     dataset: Optional[str] = DatasetOpt,
     scan_shape: Optional[str] = ScanShapeOpt,
@@ -250,18 +253,21 @@ def train(
     """Train a classifier on labelled patterns."""
     from .labels import read_labels, require_trainable
     from .model import STEMS
-    from .training import TrainingOptions, training_preprocessing
+    from .training import CLASS_WEIGHTS, TrainingOptions, training_preprocessing
     from .training import train as train_model
 
     if stem not in STEMS:
         raise typer.BadParameter(f"'{stem}' is not one of {', '.join(STEMS)}", param_hint="--stem")
+    if class_weights is not None and class_weights not in CLASS_WEIGHTS:
+        raise typer.BadParameter(f"'{class_weights}' is not one of {', '.join(CLASS_WEIGHTS)}",
+                                 param_hint="--class-weights")
     with _open(data, dataset, scan_shape) as scan:
         given = read_labels(labels, scan_shape=scan.scan_shape)
         require_trainable(given, str(labels))
         prep = training_preprocessing(scan, arch, bin=bin_factor, crop=_crop(crop), transform=transform, gamma=gamma,
                                       pool=pool, pool_mode=pool_mode, own_pattern=own_pattern)
         options = TrainingOptions(arch=arch, epochs=epochs, seed=seed, augment=augment, device=device, members=members,
-                                  stem=stem)
+                                  stem=stem, class_weights=class_weights)
         with _progress() as progress:
             task = progress.add_task("training", total=None, info="")
 
@@ -287,6 +293,10 @@ def train(
     elif "neighbour_agreement" in m:
         out.print(f"probabilities calibrated on the scan (temperature {m['temperature']:.2f}; "
                   f"{m['neighbour_agreement']:.1%} of positions agree with their neighbours)")
+    missed = round(m["n_labels"] * (1 - m["train_accuracy_all_labels"]))
+    if missed:
+        out.print(f"the model calls {missed} of the {m['n_labels']} labelled patterns another class than their label; "
+                  "those are where the map disagrees with you (often on domain walls)")
     if prep.bad_pixels:
         out.print(f"masked {len(prep.bad_pixels)} bad detector pixels")
     if m["collapsed"]:

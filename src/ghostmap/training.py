@@ -48,6 +48,9 @@ CHANNELS_LAST = torch.channels_last
 # scan 50 labelled and 64 random positions gave the same labels as float32 at every position
 # (BENCHMARKS.md, seventh round).
 EXAMPLE_POSITIONS = 64
+#: Class weightings of the compact network's loss (:func:`loss_for`): the inverse of each class's
+#: share of the labels, its square root, or none.
+CLASS_WEIGHTS = ("balanced", "sqrt", "none")
 
 
 @dataclass
@@ -112,10 +115,13 @@ class TrainingOptions:
         compact network, ``"none"`` for the paper's.
     class_weights : str, optional
         ``"final"``: ``"balanced"`` weights each class's cross-entropy by the inverse of its share
-        of the labels, ``"none"`` not; None: balanced for the compact network, none for the
-        paper's. With the adaptive grid's labels (11 of 25 on one row of ``none``) the unweighted
-        loss let one training seed in five call 22% of the vertical domain ``none`` on an
-        untuned scan (90.0% against 96.7% balanced; BENCHMARKS.md).
+        of the labels, ``"sqrt"`` by the square root of that, ``"none"`` not; None: balanced for
+        the compact network, none for the paper's. With the adaptive grid's labels (11 of 25 on one
+        row of ``none``) the unweighted loss let one training seed in five call 22% of the vertical
+        domain ``none`` on an untuned scan (90.0% against 96.7% balanced). With actively sampled
+        labels (60% of them ``none``, on walls) balanced weights let the network overrule 6-18% of
+        its 50 labels, sqrt 2-10%: 0.5-0.7 points more right at 50 active labels, at a somewhat
+        larger calibration error (BENCHMARKS.md, session 11).
 
     stem : str
         Compact network: its first stage. ``"pool"`` (the default) is a convolution at the input's
@@ -161,8 +167,8 @@ class TrainingOptions:
     # one compact network: "scan" (temperature from the training scan's neighbour consistency) or "none";
     # None: scan for compact, none for paper
     calibration: str | None = None
-    # "final": "balanced" (cross-entropy weighted by inverse class frequency) or "none"; None: balanced for
-    # compact, none for paper
+    # "final": "balanced" (cross-entropy weighted by inverse class frequency), "sqrt" (its square root) or
+    # "none"; None: balanced for compact, none for paper
     class_weights: str | None = None
     # compact network: its first stage, "pool" (convolution at full size, then max-pool) or "stride"
     # (a stride-2 convolution: a faster network that learnt less from few labels)
@@ -419,6 +425,7 @@ def train(
         network, metrics = fit_ensemble(inputs, targets, classes, members, options, progress)
     else:
         network, metrics = fit_single(inputs, targets, classes, options, progress)
+        metrics["class_weights"] = class_weighting(options)
     network.eval().cpu()
     metrics.update(label_fit_metrics(network, inputs, targets, classes))
     # only one compact network gets an int8 graph (Model.save): no examples read for the others
@@ -589,16 +596,24 @@ def fit_epochs(network, inputs, targets, epochs: int, options: TrainingOptions, 
     return history
 
 
+def class_weighting(options: TrainingOptions) -> str:
+    """The option's class weighting, else ``"balanced"`` for the compact network, ``"none"`` for the paper's."""
+    weights = options.class_weights or ("balanced" if options.arch == "compact" else "none")
+    if weights not in CLASS_WEIGHTS:
+        raise GhostmapError(f"unknown class_weights '{options.class_weights}'; choose {', '.join(CLASS_WEIGHTS)}")
+    return weights
+
+
 def loss_for(options: TrainingOptions, targets: torch.Tensor, n_classes: int):
     """The training loss of one network: cross-entropy, each class weighted by the inverse of its
-    share of the labels unless ``options.class_weights`` is ``"none"`` (see :class:`TrainingOptions`)."""
-    weights = options.class_weights or ("balanced" if options.arch == "compact" else "none")
+    share of the labels (``"balanced"``), by its square root (``"sqrt"``) or not (``"none"``; see
+    :class:`TrainingOptions`)."""
+    weights = class_weighting(options)
     if weights == "none":
         return _plain_loss
-    if weights != "balanced":
-        raise GhostmapError(f"unknown class_weights '{options.class_weights}'; choose balanced or none")
     counts = torch.bincount(targets, minlength=n_classes).float()
-    weight = torch.where(counts > 0, counts.sum() / (n_classes * counts.clamp_min(1)), torch.zeros(()))
+    power = 1.0 if weights == "balanced" else 0.5
+    weight = torch.where(counts > 0, (counts.sum() / (n_classes * counts.clamp_min(1))) ** power, torch.zeros(()))
 
     def balanced(network, xb, yb, idx):
         logits = network(xb)
