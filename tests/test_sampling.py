@@ -390,3 +390,5 @@ def test_exclusion_that_does_not_fit_the_scan_is_refused():
         propose(truth.shape, None, 10, exclude=(np.array([99]), np.array([0])))
     with pytest.raises(GhostmapError, match="exclude must be"):
         propose(truth.shape, None, 10, exclude=(np.array([1.5]), np.array([0.0])))
+    with pytest.raises(GhostmapError, match="2 x and 1 y"):
+        propose(truth.shape, None, 10, exclude=([1, 2], [0]))

@@ -501,6 +501,8 @@ def exclusion_mask(exclude, scan_shape: tuple[int, int]) -> np.ndarray:
         x, y = (np.asarray(v).astype(np.int64, casting="same_kind").ravel() for v in exclude)
     except (TypeError, ValueError) as exc:
         raise GhostmapError("exclude must be a bool mask of the scan or (x, y) integer arrays") from exc
+    if len(x) != len(y):
+        raise GhostmapError(f"exclude has {len(x)} x and {len(y)} y coordinates")
     check_in_scan(x, y, scan_shape, what="excluded position")
     mask = np.zeros(scan_shape, bool)
     mask[y, x] = True
