@@ -65,10 +65,10 @@ def main(argv: list[str] | None = None) -> int:
         seconds = time.perf_counter() - start
         rows = []
         for probabilities, classes in ((result.probabilities, result.classes), (run["probabilities"], run["classes"])):
-            names = np.asarray(classes)[probabilities.argmax(-1)]
-            right = names == truth
-            rows.append((100 * right[test.y, test.x].mean(), 100 * right.mean(), 100 * right[walls].mean(),
-                         expected_calibration_error(probabilities.max(-1), right)[0],
+            names = table1.names_of({"probabilities": probabilities, "classes": np.asarray(classes)})
+            hits = table1.score(names, truth, test, walls)
+            rows.append((100 * hits["test"], 100 * hits["all"], 100 * hits["wall"],
+                         expected_calibration_error(probabilities.max(-1), names == truth)[0],
                          int((names[labels.y, labels.x] != labels.label).sum())))
         (t, a, w, e, m), (t0, a0, w0, e0, m0) = rows
         print(f"{path.stem}: test {t:.1f}% (kept {t0:.1f}), all {a:.2f}% ({a0:.2f}), walls {w:.1f}% ({w0:.1f}), "
