@@ -28,25 +28,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import table1  # noqa: E402  - the truth of the runs
 
 
-def overruled(classes: np.ndarray, n_classes: int, k: int) -> np.ndarray:
-    """A stand-in truth that changes a position's own class only where at least ``k`` of its 8
-    neighbours (scaled to those inside the scan) share another class."""
-    rows, cols = classes.shape
-    padded = np.pad(classes, 1, constant_values=-1)
-    counts = np.zeros((rows, cols, n_classes), int)
-    present = np.zeros((rows, cols), int)
-    for dr in (-1, 0, 1):
-        for dc in (-1, 0, 1):
-            if dr or dc:
-                neighbour = padded[1 + dr : 1 + dr + rows, 1 + dc : 1 + dc + cols]
-                present += neighbour >= 0
-                for c in range(n_classes):
-                    counts[..., c] += neighbour == c
-    best, top = counts.argmax(-1), counts.max(-1)
-    flip = (best != classes) & (top >= np.ceil(k / 8 * present))
-    return np.where(flip, best, classes)
-
-
 def moment_temperature(log_p: torch.Tensor, stand_in: np.ndarray) -> float:
     """The temperature whose mean confidence equals the share of positions that agree with the stand-in."""
     from scipy import optimize
@@ -69,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variants", action="store_true",
                    help="also score label-free alternatives, grouped by run kind (session 9's search)")
     args = p.parse_args(argv)
-    from ghostmap.ensemble import fit_temperature, neighbour_classes, scan_temperature
+    from ghostmap.ensemble import fit_temperature, neighbour_classes, overruled_classes, scan_temperature
     from ghostmap.evaluation import expected_calibration_error
 
     truth, _, _ = table1.paper_truth(table1.PAPER_LABELS)
@@ -97,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.variants:
             n = p.shape[-1]
             stand_in = neighbour_classes(p.argmax(-1), n, 1, True)
-            six = overruled(p.argmax(-1), n, 6)
+            six = overruled_classes(p.argmax(-1), n, 6)
             kind = Path(path).stem.split(f"{table1.RECIPE}_")[-1].split("_")[0] + " " + Path(path).stem.split("_")[3]
             errors = (row[2], error(moment_temperature(log_p, stand_in)),
                       error(fit_temperature(log_p.reshape(-1, n), torch.as_tensor(six.reshape(-1)))), row[3])

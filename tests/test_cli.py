@@ -747,6 +747,23 @@ def test_train_class_weights_is_recorded_and_a_misfit_label_is_reported(cli, tmp
     r = cli("train", tiny["scan"], "--labels", tiny["labels"], "--out", tmp_path / "other", "--class-weights", "inverse")
     assert r.code == 2 and "--class-weights" in r.err and not (tmp_path / "other").exists()
 
+def test_train_members_make_an_ensemble_on_every_label_unless_folds_are_asked_for(cli, tmp_path, tiny):
+    r = cli("train", tiny["scan"], "--labels", tiny["labels"], "--out", tmp_path / "all", "--epochs", "1",
+            "--members", "2")
+    assert r.code == 0, r.err
+    metrics = json.loads((tmp_path / "all" / "model.json").read_text())["metrics"]
+    assert (metrics["members"], metrics["ensemble"], metrics["class_weights"]) == (2, "all", "none")
+    assert "each trained on every label" in r.out and "calibrated on the scan" in r.out
+    r = cli("train", tiny["scan"], "--labels", tiny["labels"], "--out", tmp_path / "folds", "--epochs", "1",
+            "--members", "2", "--ensemble", "folds")
+    assert r.code == 0, r.err
+    assert "cross-validated accuracy" in r.out
+    assert json.loads((tmp_path / "folds" / "model.json").read_text())["metrics"]["cross_validated"] > 0
+    r = cli("train", tiny["scan"], "--labels", tiny["labels"], "--out", tmp_path / "other", "--members", "2",
+            "--ensemble", "bagging")
+    assert r.code == 2 and "--ensemble" in r.err and not (tmp_path / "other").exists()
+
+
 def test_simulate_malformed_scan_writes_nothing(cli, tmp_path):
     r = cli("simulate", tmp_path / "sim", "--scan", "34by206")
     assert r.code == 1

@@ -120,7 +120,7 @@ def test_ensemble_round_trips_and_one_network_still_trains(small_scan, tmp_path)
 
     scan, truth = small_scan
     labels, _ = label_loop(truth, 24, seed=1)
-    model = train(scan, labels, TrainingOptions(seed=0, epochs=3, members=3))
+    model = train(scan, labels, TrainingOptions(seed=0, epochs=3, members=3, ensemble="folds"))
     m = model.metrics
     assert isinstance(model.network, EnsembleNet) and m["members"] == 3
     assert m["cross_validated"] == len(labels) and m["n_train"] + m["n_validation"] == len(labels)
@@ -144,6 +144,29 @@ def test_ensemble_round_trips_and_one_network_still_trains(small_scan, tmp_path)
     assert np.allclose(predict(scan, old).probabilities, predict(scan, single).probabilities, atol=1e-6)
     with pytest.raises(GhostmapError, match="members"):
         train(scan, labels, TrainingOptions(members=0))
+
+
+def test_an_ensemble_on_every_label_is_unweighted_and_calibrated_on_the_scan(small_scan):
+    scan, truth = small_scan
+    labels, _ = label_loop(truth, 24, seed=1)
+    model = train(scan, labels, TrainingOptions(seed=0, epochs=100, members=3))
+    m = model.metrics
+    assert m["members"] == 3 and m["ensemble"] == "all" and "cross_validated" not in m
+    assert m["n_train"] == len(labels) and m["n_validation"] == 0 and m["class_weights"] == "none"
+    # nothing held out: the temperature comes from the scan, as for one network
+    assert "neighbour_agreement" in m and float(model.network.temperature) == pytest.approx(m["temperature"], rel=1e-3)
+    assert np.allclose(model.scan_prediction.probabilities, predict(scan, model).probabilities, atol=1e-4)
+    # every member learnt every label: each one alone fits most of them; they start from their own weights
+    from ghostmap.preprocessing import preprocess_positions
+
+    inputs = preprocess_positions(scan, labels.y, labels.x, model.preprocessing)
+    with torch.inference_mode():
+        logits = model.network.member_logits(inputs)  # (labels, members, classes)
+    wanted = torch.as_tensor([model.classes.index(c) for c in labels.label])
+    assert ((logits.argmax(-1) == wanted[:, None]).float().mean(0) >= 0.75).all()
+    assert not torch.allclose(logits[:, 0], logits[:, 1], atol=1e-3)
+    with pytest.raises(GhostmapError, match="unknown ensemble"):
+        train(scan, labels, TrainingOptions(members=2, ensemble="bags"))
 
 
 def test_default_trains_every_label_and_keeps_the_final_weights(small_scan):

@@ -242,7 +242,10 @@ def train(
     stem: str = typer.Option("pool", "--stem", help="compact: its first stage, pool (default) or stride (a 1.7 x faster "
                              "network that learnt less from few labels; BENCHMARKS.md)."),
     members: int = typer.Option(1, "--members", help="compact: 1 (default) = one network trained on every label; "
-                                "K > 1 = a calibrated ensemble of K, each trained on all labels but one fold (slower)."),
+                                "K > 1 = a calibrated ensemble of K (about K x slower to train, slower to predict)."),
+    ensemble: str = typer.Option("all", "--ensemble", help="with --members K > 1: all (default; every member on every "
+                                 "label, calibrated on the scan) or folds (each on all labels but one fold, calibrated "
+                                 "on the held-out folds, with a cross-validated accuracy)."),
     class_weights: Optional[str] = typer.Option(
         None, "--class-weights", help="compact: balanced (default; each class's loss by the inverse of its share of "
         "the labels), sqrt (the square root of that: wall-heavy active labels are overruled less) or none."),
@@ -253,11 +256,13 @@ def train(
     """Train a classifier on labelled patterns."""
     from .labels import read_labels, require_trainable
     from .model import STEMS
-    from .training import CLASS_WEIGHTS, TrainingOptions, training_preprocessing
+    from .training import CLASS_WEIGHTS, ENSEMBLES, TrainingOptions, training_preprocessing
     from .training import train as train_model
 
     if stem not in STEMS:
         raise typer.BadParameter(f"'{stem}' is not one of {', '.join(STEMS)}", param_hint="--stem")
+    if ensemble not in ENSEMBLES:
+        raise typer.BadParameter(f"'{ensemble}' is not one of {', '.join(ENSEMBLES)}", param_hint="--ensemble")
     if class_weights is not None and class_weights not in CLASS_WEIGHTS:
         raise typer.BadParameter(f"'{class_weights}' is not one of {', '.join(CLASS_WEIGHTS)}",
                                  param_hint="--class-weights")
@@ -267,7 +272,7 @@ def train(
         prep = training_preprocessing(scan, arch, bin=bin_factor, crop=_crop(crop), transform=transform, gamma=gamma,
                                       pool=pool, pool_mode=pool_mode, own_pattern=own_pattern)
         options = TrainingOptions(arch=arch, epochs=epochs, seed=seed, augment=augment, device=device, members=members,
-                                  stem=stem, class_weights=class_weights)
+                                  ensemble=ensemble, stem=stem, class_weights=class_weights)
         with _progress() as progress:
             task = progress.add_task("training", total=None, info="")
 
@@ -287,10 +292,12 @@ def train(
         out.print(f"no labels held out: the final weights after {m['epochs']} epochs on every label are kept, and the "
                   "val figures above are on the training labels" + (f"; trained {m['refits']} more time(s) from a fresh "
                   "start to fit the labels" if m.get("refits") else ""))
-    if m.get("members", 1) > 1:
+    if "cross_validated" in m:
         out.print(f"ensemble of {m['members']} networks: cross-validated accuracy {m['val_accuracy']:.1%} on "
                   f"{m['cross_validated']} labels; probabilities calibrated (temperature {m['temperature']:.2f})")
-    elif "neighbour_agreement" in m:
+    elif m.get("members", 1) > 1:
+        out.print(f"ensemble of {m['members']} networks, each trained on every label")
+    if "neighbour_agreement" in m:
         out.print(f"probabilities calibrated on the scan (temperature {m['temperature']:.2f}; "
                   f"{m['neighbour_agreement']:.1%} of positions agree with their neighbours)")
     missed = round(m["n_labels"] * (1 - m["train_accuracy_all_labels"]))

@@ -30,7 +30,7 @@ from .errors import GhostmapError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EnsembleNet", "fit_temperature", "neighbour_classes", "scan_temperature", "tempered"]
+__all__ = ["EnsembleNet", "fit_temperature", "neighbour_classes", "overruled_classes", "scan_temperature", "tempered"]
 
 
 def _stage(cin: int, cout: int, members: int, first: bool = False, stem: str = "pool") -> list[nn.Module]:
@@ -193,7 +193,55 @@ def neighbour_classes(classes: np.ndarray, n_classes: int, radius: int = 1, own_
     return votes.round().argmax(-1)
 
 
-def scan_temperature(probabilities: np.ndarray, radius: int = 1, shrink: float = 1.0, own_vote: bool = True) -> float:
+def overruled_classes(classes: np.ndarray, n_classes: int, at_least: int = 6) -> np.ndarray:
+    """A stricter stand-in than :func:`neighbour_classes`: a position's own class, changed to the
+    class most of its 8 neighbours share only where at least ``at_least`` of them do (counted out
+    of 8, scaled to the neighbours inside the scan at its edges).
+
+    A wall two positions wide keeps its class, as does one a position wide between two different
+    domains; a lone position inside a domain does not.
+
+    Parameters
+    ----------
+    classes : numpy.ndarray
+        Predicted class index per scan position, (rows, cols).
+    n_classes : int
+        Number of classes.
+    at_least : int
+        Neighbours (of 8) that must share another class to overrule the position's own.
+
+    Returns
+    -------
+    numpy.ndarray
+        (rows, cols) class indices.
+
+    Example
+    -------
+    >>> c = np.zeros((3, 5), int); c[:, 1:3] = 1  # a wall two positions wide
+    >>> overruled_classes(c, 2).tolist() == c.tolist()
+    True
+    >>> c[:, 1:3] = 0; c[1, 2] = 1  # a lone position
+    >>> int(overruled_classes(c, 2)[1, 2])
+    0
+    """
+    classes = np.asarray(classes)
+    rows, cols = classes.shape
+    padded = np.pad(classes, 1, constant_values=-1)
+    counts = np.zeros((rows, cols, n_classes), int)
+    present = np.zeros((rows, cols), int)
+    for dr in (-1, 0, 1):
+        for dc in (-1, 0, 1):
+            if dr or dc:
+                neighbour = padded[1 + dr : 1 + dr + rows, 1 + dc : 1 + dc + cols]
+                present += neighbour >= 0
+                counts += neighbour[..., None] == np.arange(n_classes)
+    best, top = counts.argmax(-1), counts.max(-1)
+    flip = (best != classes) & (top >= np.ceil(at_least / 8 * present))
+    return np.where(flip, best, classes)
+
+
+def scan_temperature(probabilities: np.ndarray, radius: int = 1, shrink: float = 1.0, own_vote: bool = True,
+                     at_least: int | None = None) -> float:
     """A temperature for a network's probabilities over a whole scan, with no held-out labels:
     fitted to the class the map's majority filter gives each position.
 
@@ -219,6 +267,10 @@ def scan_temperature(probabilities: np.ndarray, radius: int = 1, shrink: float =
         Exponent applied to the fitted temperature (1: as fitted, 0: always 1).
     own_vote : bool
         Whether a position's own class votes in its window.
+    at_least : int, optional
+        Use :func:`overruled_classes` with this many neighbours as the stand-in instead of the
+        majority filter (``radius`` and ``own_vote`` then do not apply): for a model that resolves
+        walls (an ensemble), whose thin walls the majority vote would count as errors.
 
     Returns
     -------
@@ -235,7 +287,8 @@ def scan_temperature(probabilities: np.ndarray, radius: int = 1, shrink: float =
     rows, cols, n_classes = p.shape
     if rows * cols < 2:
         return 1.0
-    stand_in = neighbour_classes(p.argmax(-1), n_classes, radius, own_vote)
+    stand_in = (neighbour_classes(p.argmax(-1), n_classes, radius, own_vote) if at_least is None
+                else overruled_classes(p.argmax(-1), n_classes, at_least))
     log_p = torch.log(torch.as_tensor(p.reshape(-1, n_classes)).clamp_min(1e-30))
     return fit_temperature(log_p, torch.as_tensor(stand_in.reshape(-1))) ** float(shrink)
 
