@@ -752,7 +752,7 @@ def test_train_members_make_an_ensemble_on_every_label_unless_folds_are_asked_fo
             "--members", "2")
     assert r.code == 0, r.err
     metrics = json.loads((tmp_path / "all" / "model.json").read_text())["metrics"]
-    assert (metrics["members"], metrics["ensemble"], metrics["class_weights"]) == (2, "all", "none")
+    assert (metrics["members"], metrics["ensemble"], metrics["class_weights"]) == (2, "all", "balanced")
     assert "each trained on every label" in r.out and "calibrated on the scan" in r.out
     r = cli("train", tiny["scan"], "--labels", tiny["labels"], "--out", tmp_path / "folds", "--epochs", "1",
             "--members", "2", "--ensemble", "folds")

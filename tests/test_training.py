@@ -146,13 +146,13 @@ def test_ensemble_round_trips_and_one_network_still_trains(small_scan, tmp_path)
         train(scan, labels, TrainingOptions(members=0))
 
 
-def test_an_ensemble_on_every_label_is_unweighted_and_calibrated_on_the_scan(small_scan):
+def test_an_ensemble_on_every_label_is_calibrated_on_the_scan(small_scan):
     scan, truth = small_scan
     labels, _ = label_loop(truth, 24, seed=1)
     model = train(scan, labels, TrainingOptions(seed=0, epochs=100, members=3))
     m = model.metrics
     assert m["members"] == 3 and m["ensemble"] == "all" and "cross_validated" not in m
-    assert m["n_train"] == len(labels) and m["n_validation"] == 0 and m["class_weights"] == "none"
+    assert m["n_train"] == len(labels) and m["n_validation"] == 0 and m["class_weights"] == "balanced"
     # nothing held out: the temperature comes from the scan, as for one network
     assert "neighbour_agreement" in m and float(model.network.temperature) == pytest.approx(m["temperature"], rel=1e-3)
     assert np.allclose(model.scan_prediction.probabilities, predict(scan, model).probabilities, atol=1e-4)

@@ -266,6 +266,7 @@ def train(
     if class_weights is not None and class_weights not in CLASS_WEIGHTS:
         raise typer.BadParameter(f"'{class_weights}' is not one of {', '.join(CLASS_WEIGHTS)}",
                                  param_hint="--class-weights")
+    reuse_freed_memory()  # this command's own process: each training step frees and allocates tens of MB
     with _open(data, dataset, scan_shape) as scan:
         given = read_labels(labels, scan_shape=scan.scan_shape)
         require_trainable(given, str(labels))
@@ -549,11 +550,13 @@ def reuse_freed_memory(mmap_threshold: int = 256 * 2**20, trim_threshold: int = 
     """Ask glibc to recycle freed block buffers instead of returning them to the OS.
 
     This changes the whole process's allocator, so it lives in the command line and the library
-    never calls it: only the ``ghostmap predict`` command does, for its own process (a notebook
-    user's process is left alone). Each block allocates tens of MB of temporaries; by default glibc hands those to
-    ``mmap`` and back on every block, and the fresh pages' faults cost more than the arithmetic
-    (see BENCHMARKS.md for what it buys). Memory stays bounded by ``trim_threshold``. A no-op
-    where glibc isn't the C library; returns whether both settings took.
+    never calls it: only the ``ghostmap predict``, ``train`` and ``label`` commands do, for their
+    own process (a notebook user's process is left alone). Each block of a prediction, and each
+    training step, allocates tens of MB of temporaries; by default glibc hands those to ``mmap``
+    and back every time, and the fresh pages' faults cost more than the arithmetic (``train`` on
+    50 labels at the paper's size: 1.7 s of system time instead of 10-24 s; see BENCHMARKS.md).
+    Memory stays bounded by ``trim_threshold``. A no-op where glibc isn't the C library; returns
+    whether both settings took.
     """
     try:
         import ctypes
@@ -794,6 +797,7 @@ def label(
     if labels is None:
         raise typer.BadParameter("name the label file to write, e.g. --labels labels.csv", param_hint="--labels")
     sock = bind(host, port)
+    reuse_freed_memory()  # this command's own process, where "Train and preview" trains
     try:
         with _open(data, dataset, scan_shape) as scan:
             console.print(f"preparing {data.name} (overview image, preprocessing) ...", highlight=False)

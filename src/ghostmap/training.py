@@ -127,15 +127,20 @@ class TrainingOptions:
         sampled labels (about 60% of them ``none``, on walls) balanced weights let the network
         call 1-9 of its own labels another class (mean 5.1 over 10 runs), sqrt 1-5 on the same
         labels (2.3); in the whole sampling loop sqrt was 0.5-0.7 points more right at 50 labels,
-        with a larger calibration error (BENCHMARKS.md, session 11).
+        with a larger calibration error (BENCHMARKS.md, session 11). An ensemble weights as one
+        network does; unweighted, it was the most accurate on wall-heavy active labels, but with the
+        benchmark's 50 adaptive labels (7 of them ``none``) it called 35% of the ``none`` positions
+        polar (session 12).
 
     ensemble : str
-        ``members > 1``: ``"all"`` (the default) trains every member on every label, unweighted,
-        from its own initial weights, and calibrates the mean logit on the scan as one network is;
-        ``"folds"`` trains each member on all labels but one stratified fold and fits the temperature
-        to the out-of-fold logits (which also gives a cross-validated accuracy). On Table 1's scans
-        with 50 actively sampled labels ``"all"`` got 99.3-99.8% of the test positions right where
-        one network got 97-99% (BENCHMARKS.md, issue 12, session 12).
+        ``members > 1``: ``"all"`` (the default) trains every member on every label with one
+        network's recipe, each from its own initial weights, and calibrates the mean logit on the
+        scan (a stricter stand-in truth than one network's: :data:`ENSEMBLE_OVERRULED_BY`);
+        ``"folds"`` trains each member on all labels but one stratified fold and fits the
+        temperature to the out-of-fold logits (which also gives a cross-validated accuracy). With
+        the 50 actively sampled labels of 10 Table 1 runs, ``"all"`` with ``class_weights="none"``
+        got 99.0-99.9% of the test positions right (one network: 97.0-99.0%); with the balanced
+        default 97.4-98.8% over seeds 0-2 (BENCHMARKS.md, issue 12, session 12).
     stem : str
         Compact network: its first stage. ``"pool"`` (the default) is a convolution at the input's
         full size and a 2 x 2 max-pool; ``"stride"`` a stride-2 convolution. At 128 px the stride
@@ -186,7 +191,7 @@ class TrainingOptions:
     # compact network: its first stage, "pool" (convolution at full size, then max-pool) or "stride"
     # (a stride-2 convolution: a faster network that learnt less from few labels)
     stem: str = "pool"
-    # members > 1: "all" (every member on every label, unweighted, temperature fitted on the scan) or "folds"
+    # members > 1: "all" (every member on every label, temperature fitted on the scan) or "folds"
     # (each member on all labels but one fold, temperature from the held-out folds)
     ensemble: str = "all"
 
@@ -625,9 +630,9 @@ def fit_epochs(network, inputs, targets, epochs: int, options: TrainingOptions, 
 
 
 def class_weighting(options: TrainingOptions) -> str:
-    """The option's class weighting, else ``"balanced"`` for one compact network, ``"none"`` for an
-    ensemble (whose members' mean outvotes one that calls a domain ``none``) and for the paper's network."""
-    weights = options.class_weights or ("balanced" if options.arch == "compact" and options.members == 1 else "none")
+    """The option's class weighting, else ``"balanced"`` for the compact network (one or an ensemble),
+    ``"none"`` for the paper's."""
+    weights = options.class_weights or ("balanced" if options.arch == "compact" else "none")
     if weights not in CLASS_WEIGHTS:
         raise GhostmapError(f"unknown class_weights '{options.class_weights}'; choose {', '.join(CLASS_WEIGHTS)}")
     return weights
