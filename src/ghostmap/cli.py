@@ -266,7 +266,7 @@ def train(
     if class_weights is not None and class_weights not in CLASS_WEIGHTS:
         raise typer.BadParameter(f"'{class_weights}' is not one of {', '.join(CLASS_WEIGHTS)}",
                                  param_hint="--class-weights")
-    reuse_freed_memory()  # this command's own process: each training step frees and allocates tens of MB
+    reuse_freed_memory(*TRAINING_ALLOCATOR)  # this command's own process: each step frees and allocates tens of MB
     with _open(data, dataset, scan_shape) as scan:
         given = read_labels(labels, scan_shape=scan.scan_shape)
         require_trainable(given, str(labels))
@@ -546,6 +546,11 @@ def _start_reading(scan, description: dict, readahead: int, model_dir: Path):
                        bright_field_index=bright_field_index_of_block)
 
 
+# Training's activations are 8-32 MB: lower thresholds than predict's keep them out of mmap with
+# less memory held back (a 4-member ensemble on the demo scan: 1.43 GB peak against 1.86 GB).
+TRAINING_ALLOCATOR = (64 * 2**20, 128 * 2**20)
+
+
 def reuse_freed_memory(mmap_threshold: int = 256 * 2**20, trim_threshold: int = 512 * 2**20) -> bool:
     """Ask glibc to recycle freed block buffers instead of returning them to the OS.
 
@@ -554,7 +559,7 @@ def reuse_freed_memory(mmap_threshold: int = 256 * 2**20, trim_threshold: int = 
     own process (a notebook user's process is left alone). Each block of a prediction, and each
     training step, allocates tens of MB of temporaries; by default glibc hands those to ``mmap``
     and back every time, and the fresh pages' faults cost more than the arithmetic (``train`` on
-    50 labels at the paper's size: 1.7 s of system time instead of 10-24 s; see BENCHMARKS.md).
+    50 labels at the paper's size: about 2 s of system time instead of 10-33 s; see BENCHMARKS.md).
     Memory stays bounded by ``trim_threshold``. A no-op where glibc isn't the C library; returns
     whether both settings took.
     """
@@ -797,7 +802,7 @@ def label(
     if labels is None:
         raise typer.BadParameter("name the label file to write, e.g. --labels labels.csv", param_hint="--labels")
     sock = bind(host, port)
-    reuse_freed_memory()  # this command's own process, where "Train and preview" trains
+    reuse_freed_memory(*TRAINING_ALLOCATOR)  # this command's own process, where "Train and preview" trains
     try:
         with _open(data, dataset, scan_shape) as scan:
             console.print(f"preparing {data.name} (overview image, preprocessing) ...", highlight=False)
