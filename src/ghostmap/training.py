@@ -771,26 +771,22 @@ def _fit_best_checkpoint(inputs, targets, classes, options: TrainingOptions,
     return network, metrics
 
 
-def fit_ensemble(inputs, targets, classes, members: int, options: TrainingOptions,
-                 progress=None) -> tuple[torch.nn.Module, dict]:
-    """``members`` compact networks, each on all labels but one fold, then a temperature from the held-out folds.
-
-    A fixed schedule (no checkpoint chosen on a handful of labels); ``val_loss`` and
-    ``val_accuracy`` are the cross-validated figures (every label predicted by the member that
-    never saw it), the loss after calibration.
-    """
+def fit_members(inputs, targets, classes, trains_on: torch.Tensor, options: TrainingOptions, progress=None,
+                clean_tail: bool = False) -> tuple[torch.nn.Module, int, list[dict]]:
+    """An :class:`~ghostmap.ensemble.EnsembleNet` of ``trains_on.shape[1]`` compact networks trained
+    side by side with a fixed schedule, member ``k`` on the labels where ``trains_on[:, k]``; the
+    loss is every member's class-weighted mean cross-entropy, summed. With ``clean_tail`` the last
+    ``options.clean_tail`` of the epochs go without the drift/thickness augmentation, as for one
+    network. Returns the network (in eval mode), the epochs and their figures."""
     device = pick_device(options.device)
-    rng = np.random.default_rng(options.seed)
+    members = int(trains_on.shape[1])
     gen = torch.Generator().manual_seed(options.seed)
-    folds = torch.as_tensor(stratified_folds(targets.numpy(), members, rng))
-    trains_on = F.one_hot(folds, members) == 0  # (N, members): member k trains on every label outside fold k
     network = EnsembleNet(len(classes), tuple(inputs.shape[2:]), members=members, stem=options.stem,
                           channels=inputs.shape[1]).to(device, memory_format=CHANNELS_LAST)
     n = len(targets)
     epochs = options.epochs or default_epochs(n, options.batch_size)
     optimiser, scheduler = make_optimiser(network, options, n, epochs, "cosine")
     swap = swap_pairs(classes) if options.augment else None
-
     weight = class_weight_vector(options, targets, len(classes))
 
     def loss_of(net, xb, yb, idx):
@@ -802,11 +798,28 @@ def fit_ensemble(inputs, targets, classes, members: int, options: TrainingOption
         loss = (each.sum(0) / mask.sum(0).clamp(min=1e-12)).sum()  # every member's weighted mean loss, summed
         return loss, z.mean(1).argmax(1)
 
+    clean_from = epochs - round(options.clean_tail * epochs) + 1 if clean_tail else None
     history = fit_epochs(network, inputs, targets, epochs, options, optimiser, scheduler, swap, gen, loss_of, device,
-                         progress)
-    network.eval()
+                         progress, clean_from=clean_from)
+    return network.eval(), epochs, history
+
+
+def fit_ensemble(inputs, targets, classes, members: int, options: TrainingOptions,
+                 progress=None) -> tuple[torch.nn.Module, dict]:
+    """``members`` compact networks, each on all labels but one fold, then a temperature from the held-out folds.
+
+    A fixed schedule (no checkpoint chosen on a handful of labels); ``val_loss`` and
+    ``val_accuracy`` are the cross-validated figures (every label predicted by the member that
+    never saw it), the loss after calibration.
+    """
+    rng = np.random.default_rng(options.seed)
+    folds = torch.as_tensor(stratified_folds(targets.numpy(), members, rng))
+    trains_on = F.one_hot(folds, members) == 0  # (N, members): member k trains on every label outside fold k
+    network, epochs, history = fit_members(inputs, targets, classes, trains_on, options, progress)
+    n = len(targets)
     with torch.inference_mode():
-        z = torch.cat([network.member_logits(inputs[b : b + 256].to(device)).cpu() for b in range(0, n, 256)])
+        z = torch.cat([network.member_logits(inputs[b : b + 256].to(network.temperature.device)).cpu()
+                       for b in range(0, n, 256)])
     held_out = z[torch.arange(n), folds]  # each label's logits from the member that never saw it
     temperature = fit_temperature(held_out, targets)
     network.temperature.fill_(temperature)
@@ -828,32 +841,14 @@ def fit_ensemble_on_all(inputs, targets, classes, members: int, options: Trainin
     """``members`` compact networks, every one on every label with one network's recipe (fixed
     schedule, final weights, class-weighted loss); they differ in their initial weights and dropout.
     Nothing is held out, so :func:`train` calibrates the ensemble on the scan as it does one network."""
-    device = pick_device(options.device)
     torch.manual_seed(options.seed)
-    gen = torch.Generator().manual_seed(options.seed)
-    network = EnsembleNet(len(classes), tuple(inputs.shape[2:]), members=members, stem=options.stem,
-                          channels=inputs.shape[1]).to(device, memory_format=CHANNELS_LAST)
-    n = len(targets)
-    epochs = options.epochs or default_epochs(n, options.batch_size)
-    optimiser, scheduler = make_optimiser(network, options, n, epochs, "cosine")
-    swap = swap_pairs(classes) if options.augment else None
-    weight = class_weight_vector(options, targets, len(classes))
-
-    def loss_of(net, xb, yb, idx):
-        z = net.member_logits(xb)  # (B, K, C)
-        w = torch.ones(len(classes), device=xb.device) if weight is None else weight.to(xb.device)
-        each = F.cross_entropy(z.reshape(-1, z.shape[-1]), yb.repeat_interleave(members), weight=w,
-                               reduction="none").reshape(-1, members)
-        loss = (each.sum(0) / w[yb].sum()).sum()  # every member's weighted mean loss, summed
-        return loss, z.mean(1).argmax(1)
-
-    history = fit_epochs(network, inputs, targets, epochs, options, optimiser, scheduler, swap, gen, loss_of, device,
-                         progress, clean_from=epochs - round(options.clean_tail * epochs) + 1)
-    network.eval()
+    trains_on = torch.ones(len(targets), members, dtype=torch.bool)
+    network, epochs, history = fit_members(inputs, targets, classes, trains_on, options, progress, clean_tail=True)
     with torch.inference_mode():
-        logits = torch.cat([network(inputs[b : b + 256].to(device)).cpu() for b in range(0, n, 256)])
+        logits = torch.cat([network(inputs[b : b + 256].to(network.temperature.device)).cpu()
+                            for b in range(0, len(targets), 256)])
     fit = float((logits.argmax(1) == targets).float().mean())
-    metrics = {"members": members, "ensemble": "all", "n_train": n, "n_validation": 0, "epochs": epochs,
+    metrics = {"members": members, "ensemble": "all", "n_train": len(targets), "n_validation": 0, "epochs": epochs,
                "best_epoch": epochs, "checkpoint": "final", "val_loss": float(F.cross_entropy(logits, targets)),
                "val_accuracy": fit, "class_weights": class_weighting(options),
                "validation": "none: every member trained on every label; val_loss and val_accuracy are on the "
