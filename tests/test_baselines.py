@@ -279,6 +279,50 @@ def test_clusters_find_the_domains_up_to_a_permutation(still):
     assert report["best_permutation"]["domain_accuracy"] == pytest.approx(best["accuracy"])
 
 
+def test_clusters_are_the_same_from_one_pass_over_the_scan_as_from_two(drifting, monkeypatch):
+    import ghostmap.baselines as baselines
+
+    def run():
+        calls = []
+        result = cluster_baseline(drifting[0], k=3, sample=240, progress=lambda done, total: calls.append((done, total)))
+        assert calls[-1][0] == calls[-1][1]  # the progress bar ends full
+        return result, calls[-1][1]
+
+    one_pass, work = run()
+    monkeypatch.setattr(baselines, "FEATURE_MEMORY", 0)  # as if the features did not fit in memory
+    two_passes, more_work = run()
+    assert work == 20 * 60 and more_work == work + 4 * 60  # 4 sample rows of 60 patterns read again
+    np.testing.assert_array_equal(one_pass.prediction.labels, two_passes.prediction.labels)
+    np.testing.assert_array_equal(one_pass.arrays["scores"], two_passes.arrays["scores"])
+
+
+def test_the_fourier_shift_matches_a_double_precision_one():
+    from ghostmap.baselines import _fourier_shift
+
+    rng = np.random.default_rng(0)
+    x = rng.poisson(5, (6, 32, 48)).astype(np.float32)
+    shifts = rng.normal(0, 2, (6, 2))
+    ky, kx = np.fft.fftfreq(32)[:, None], np.fft.rfftfreq(48)[None, :]
+    phase = np.exp(-2j * np.pi * (shifts[:, 0, None, None] * ky + shifts[:, 1, None, None] * kx))
+    reference = np.fft.irfft2(np.fft.rfft2(x.astype(np.float64)) * phase, s=(32, 48))
+    shifted = _fourier_shift(x, shifts)
+    assert shifted.dtype == np.float32
+    np.testing.assert_allclose(shifted, reference, atol=1e-4)
+    whole = _fourier_shift(x, np.array([[3.0, -5.0]] * 6))  # whole pixels: a periodic roll
+    np.testing.assert_allclose(whole, np.roll(x, (3, -5), axis=(1, 2)), atol=1e-4)
+
+
+def test_clustering_integer_counts_does_not_import_torch(tmp_path):
+    import subprocess
+
+    write_simulated_scan(tmp_path / "scan.npy", (6, 10), detector=64, seed=3)
+    code = ("import sys; from ghostmap.baselines import cluster_baseline; from ghostmap.reading import open_scan; "
+            f"cluster_baseline(open_scan({str(tmp_path / 'scan.npy')!r}), k=2); "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
 def test_cluster_needs_scikit_learn(still, monkeypatch):
     monkeypatch.setitem(sys.modules, "sklearn", None)
     monkeypatch.setitem(sys.modules, "sklearn.cluster", None)
