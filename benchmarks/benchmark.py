@@ -458,13 +458,18 @@ def machine_info(devices: list[str]) -> dict:
     import torch
 
     cpu = platform.processor() or platform.machine()
+    flags: set[str] = set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith("model name") and cpu == (platform.processor() or platform.machine()):
                 cpu = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
                 break
     except OSError:
         pass
+    if flags:  # the same model name covers processors with and without AVX-512, which predict's graphs depend on
+        cpu += f" ({vector_extensions(flags)})"
     ram = None
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
@@ -483,6 +488,15 @@ def machine_info(devices: list[str]) -> dict:
             "load": os.getloadavg()[0] if hasattr(os, "getloadavg") else None, "thread_env": thread_env,
             "python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
             "numpy": numpy.__version__, "h5py": h5py.__version__, "commit": commit, "devices": devices}
+
+
+def vector_extensions(flags: set[str]) -> str:
+    """The vector instructions that decide which of predict's graphs runs and how fast, in words."""
+    if "avx512f" in flags:
+        return "AVX-512" + (" with VNNI" if "avx512_vnni" in flags else "")
+    if "avx2" in flags:
+        return "AVX2" + (" with VNNI" if "avx_vnni" in flags else "") + ", no AVX-512"
+    return "no AVX2"
 
 
 # ------------------------------------------------------------------------- reporting
