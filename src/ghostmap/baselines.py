@@ -778,14 +778,29 @@ def vdf_baseline(scan, apertures: Apertures | None = None, radius: float | None 
 # --------------------------------------------------------------------------- clustering
 
 
+SKLEARN_MISSING = "clustering needs scikit-learn: pip install 'ghostmap[baselines]'"
+
+
 def _sklearn():
     try:
         from sklearn.cluster import KMeans
         from sklearn.decomposition import IncrementalPCA
+    except ImportError:
+        raise GhostmapError(SKLEARN_MISSING) from None
+    return KMeans, IncrementalPCA
+
+
+def _threadpool_limits():
+    """threadpoolctl's ``threadpool_limits``, after checking that scikit-learn is there to import."""
+    import importlib.util
+
+    try:
         from threadpoolctl import threadpool_limits
     except ImportError:
-        raise GhostmapError("clustering needs scikit-learn: pip install 'ghostmap[baselines]'") from None
-    return KMeans, IncrementalPCA, threadpool_limits
+        raise GhostmapError(SKLEARN_MISSING) from None
+    if importlib.util.find_spec("sklearn") is None:
+        raise GhostmapError(SKLEARN_MISSING)
+    return threadpool_limits
 
 
 def _fourier_shift(x: np.ndarray, shifts: np.ndarray) -> np.ndarray:
@@ -946,15 +961,19 @@ def cluster_baseline(scan, k: int = 3, pool: int = 3, n_components: int | None =
     patterns (evenly spaced scan rows), then every pattern is projected in one streaming pass, so
     time and memory stay bounded on any scan size (the paper-size scan: 479 s and 6.4 GB before).
     """
-    KMeans, IncrementalPCA, threadpool_limits = _sklearn()
-    # the SVDs and k-means here are small; multi-threaded BLAS / OpenMP made them up to 50x
-    # slower on a busy 2-core machine (threads spinning against each other), so run them on one
-    with threadpool_limits(limits=1):
-        return _cluster(scan, KMeans, IncrementalPCA, k, pool, n_components, bin, descan, seed, max_components,
-                        sample, progress)
+    from concurrent.futures import ThreadPoolExecutor
+
+    threadpool_limits = _threadpool_limits()
+    # scikit-learn's import (1-3 s) overlaps the first passes over the scan. The SVDs and k-means
+    # here are small; multi-threaded BLAS / OpenMP made them up to 50x slower on a busy 2-core
+    # machine (threads spinning against each other), so run them on one
+    with ThreadPoolExecutor(max_workers=1) as executor, threadpool_limits(limits=1):
+        sklearn = executor.submit(_sklearn)
+        return _cluster(scan, sklearn.result, threadpool_limits, k, pool, n_components, bin, descan, seed,
+                        max_components, sample, progress)
 
 
-def _cluster(scan, KMeans, IncrementalPCA, k, pool, n_components, bin, descan, seed, max_components,
+def _cluster(scan, sklearn, threadpool_limits, k, pool, n_components, bin, descan, seed, max_components,
              sample, progress) -> BaselineResult:
     scan = as_scan(scan)
     if int(k) < 2:
@@ -992,7 +1011,6 @@ def _cluster(scan, KMeans, IncrementalPCA, k, pool, n_components, bin, descan, s
     # sample whatever the scan size
     sample_rows = np.unique(np.linspace(0, n_rows - 1, min(n_rows, max(1, -(-int(sample) // n_cols))))
                             .round().astype(int))
-    pca = IncrementalPCA(n_components=fitted)
     batch = max(256, fitted)
     scores = np.zeros((n_rows, n_cols, fitted), np.float32)
     bright = np.zeros((n_rows, n_cols), np.float64)
@@ -1005,21 +1023,28 @@ def _cluster(scan, KMeans, IncrementalPCA, k, pool, n_components, bin, descan, s
         for r, row_features, bright_row in stream:
             features[r], bright[r] = row_features, bright_row
             done((r + 1) * n_cols, n_rows * n_cols)
-        _fit_pca(pca, (features[r] for r in sample_rows), batch)
-        for r in range(n_rows):
-            scores[r] = pca.transform(features[r])
+        KMeans, IncrementalPCA = sklearn()
+        pca = IncrementalPCA(n_components=fitted)
+        with threadpool_limits(limits=1):  # again: scikit-learn's OpenMP loaded after the first limit
+            _fit_pca(pca, (features[r] for r in sample_rows), batch)
+            for r in range(n_rows):
+                scores[r] = pca.transform(features[r])
         del features
     else:  # the sample's rows (and their pooling neighbours) read first, then every row streamed
+        KMeans, IncrementalPCA = sklearn()
+        pca = IncrementalPCA(n_components=fitted)
         total_work = (len(sample_rows) + n_rows) * n_cols
         sample = (cluster_features(scan, (r, r + 1), bad_pixels, bin, pool, shifts, keep)[0] for r in sample_rows)
-        _fit_pca(pca, sample, batch, lambda i: done((i + 1) * n_cols, total_work))
-        for r, row_features, bright_row in stream:
-            scores[r], bright[r] = pca.transform(row_features), bright_row
-            done((len(sample_rows) + r + 1) * n_cols, total_work)
+        with threadpool_limits(limits=1):
+            _fit_pca(pca, sample, batch, lambda i: done((i + 1) * n_cols, total_work))
+            for r, row_features, bright_row in stream:
+                scores[r], bright[r] = pca.transform(row_features), bright_row
+                done((len(sample_rows) + r + 1) * n_cols, total_work)
     n_use = int(n_components) if n_components else signal_components(pca.explained_variance_)
     logger.debug("cluster: PCA fitted on %d patterns, %d of %d components used", len(sample_rows) * n_cols, n_use, fitted)
     flat = scores.reshape(-1, fitted)[:, :n_use].astype(np.float64)
-    km = KMeans(n_clusters=int(k), n_init=10, random_state=int(seed)).fit(flat)
+    with threadpool_limits(limits=1):
+        km = KMeans(n_clusters=int(k), n_init=10, random_state=int(seed)).fit(flat)
     sizes = np.bincount(km.labels_, minlength=int(k))
     order = np.argsort(-sizes, kind="stable")  # cluster 0 = the largest
     centres = km.cluster_centers_[order]
