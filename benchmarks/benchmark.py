@@ -57,8 +57,8 @@ START, END = "<!-- benchmark:start -->", "<!-- benchmark:end -->"
 FORMATS = ("npy", "h5")
 ARCHS = ("compact", "paper")
 # what each engine of the throughput table adds to `ghostmap predict`
-ENGINES = {"onnx": ("--engine", "onnx"), "onnx-float32": ("--engine", "onnx", "--precision", "float32"),
-           "torch": ("--engine", "torch")}
+ENGINES = {"onnx": ("--engine", "onnx"), "onnx-int8": ("--engine", "onnx", "--precision", "int8"),
+           "onnx-float32": ("--engine", "onnx", "--precision", "float32"), "torch": ("--engine", "torch")}
 
 
 # ----------------------------------------------------------------------------- options
@@ -87,9 +87,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="training epochs for the paper network only (its 400 default epochs take long on a CPU)")
     p.add_argument("--write", type=Path, default=ROOT / "BENCHMARKS.md",
                    help="Markdown file to update (default BENCHMARKS.md)")
-    p.add_argument("--engines", default="onnx,onnx-float32,torch",
-                   help="predict's engines timed on the CPU, side by side: onnx (its default, the int8 graph), "
-                        "onnx-float32 (--precision float32), torch (default: all three)")
+    p.add_argument("--engines", default="onnx,onnx-int8,onnx-float32,torch",
+                   help="predict's engines timed on the CPU, side by side: onnx (its default: the int8 graph with "
+                        "AVX-512, else float32), onnx-int8 (--precision int8), onnx-float32 (--precision float32), "
+                        "torch (default: all four)")
     p.add_argument("--device", default=None,
                    help="comma-separated devices, e.g. cpu or cpu,cuda (default: cpu, plus cuda if available)")
     args = p.parse_args(argv)
@@ -422,7 +423,7 @@ def engine_comparison(engine_dirs: dict[tuple, Path]) -> str:
     parts = []
     for (arch, device, engine), out_dir in engine_dirs.items():
         exact = engine_dirs.get((arch, device, "onnx-float32")) or engine_dirs.get((arch, device, "torch"))
-        if engine == "onnx" and exact is not None:
+        if engine == "onnx-int8" and exact is not None:
             n, dp = label_differences(out_dir, exact)
             parts.append(f"{arch} on {device}: the int8 graph's labels differ from the float32 network's at {n} "
                          f"positions, its probabilities by at most {dp:.3f}")
@@ -618,6 +619,8 @@ def markdown_section(args, info: dict, data: dict, tables: list[Table], notes: l
 
 
 def main(argv: list[str]) -> None:
+    from ghostmap.runtime import has_avx512
+
     args = parse_args(argv)
     args.devices = pick_devices(args.device)
     args.workdir.mkdir(parents=True, exist_ok=True)
@@ -667,7 +670,7 @@ def main(argv: list[str]) -> None:
         rows.append(read)
         for model in models:
             for engine in (args.engines if model["device"] == "cpu" else ["torch"]):
-                if engine == "onnx":
+                if engine in ("onnx", "onnx-int8"):
                     with_onnx_graph(model["model"], say)
                 row, out_dir = bench_predict(args, path, fmt, model, engine, say)
                 rows.append(row)
@@ -724,9 +727,11 @@ def main(argv: list[str]) -> None:
         "(the default on the CPU) it never imports torch, with the torch engine it imports torch while that thread "
         "works; the third is what the read pass pays.",
         "Engines: `onnx` is predict's default on the CPU, ONNX Runtime running the model folder's int8 graph "
-        "(model_int8_avx512.onnx on a processor with AVX-512, else model_int8.onnx); `onnx-float32` is "
-        "`--precision float32`, the float32 model.onnx; `torch` is `--engine torch`, the safetensors weights in "
-        "PyTorch (batch norm folded). " + engine_comparison(engine_dirs),
+        "on a processor with AVX-512 and its float32 model.onnx elsewhere (here: "
+        f"{'int8' if has_avx512() else 'float32'}); `onnx-int8` is `--precision int8` (model_int8_avx512.onnx "
+        "with AVX-512, else model_int8.onnx); `onnx-float32` is `--precision float32`, the float32 model.onnx; "
+        "`torch` is `--engine torch`, the safetensors weights in PyTorch (batch norm folded). "
+        + engine_comparison(engine_dirs),
         "`ghostmap baseline` runs end to end (mean pattern, lattice, drift, one pass of sums; or PCA + k-means) "
         "and writes the same files as predict.",
     ]

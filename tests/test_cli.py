@@ -269,7 +269,7 @@ def test_cli_loop_simulate_sample_label_train_predict_evaluate(cli, tmp_path, mo
 
     assert load_file(str(model_dir / "model.safetensors"))  # a real safetensors file
 
-    # The default (int8) graph against the exact one: the same labels wherever the exact one decides clearly.
+    # The default graph (int8 with AVX-512) against the exact one: the same labels wherever the exact one decides clearly.
     r = cli("predict", scan_path, "--model", "model", "--out", "exact", "--precision", "float32")
     assert r.code == 0, r.err
     import ghostmap as gm

@@ -93,10 +93,13 @@ def test_training_keeps_example_inputs_and_saving_writes_the_int8_graphs(trained
     x = inputs[:40]
     np.testing.assert_array_equal(OnnxNetwork(wide, threads=1).probabilities(x),  # the same numbers, another layout
                                   OnnxNetwork(int8, threads=1).probabilities(x))
-    for avx512, chosen in ((True, wide), (False, int8)):  # auto: an int8 graph, the one for this processor
+    for avx512, chosen in ((True, wide), (False, int8)):  # int8: the graph laid out for this processor
         monkeypatch.setattr("ghostmap.runtime.has_avx512", lambda avx512=avx512: avx512)
-        network = OnnxNetwork.from_folder(folder, description)
+        network = OnnxNetwork.from_folder(folder, description, precision="int8")
         assert network.precision == "int8" and network.graph == chosen
+        auto = OnnxNetwork.from_folder(folder, description)  # auto: int8 only where AVX-512 makes it pay
+        exact = (folder / "model.onnx").read_bytes()
+        assert (auto.precision, auto.graph) == (("int8", wide) if avx512 else ("float32", exact))
     (folder / "model_int8_avx512.onnx").unlink()  # a folder from before it: the other int8 graph
     monkeypatch.setattr("ghostmap.runtime.has_avx512", lambda: True)
     assert OnnxNetwork.from_folder(folder, description).graph == int8

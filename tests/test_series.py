@@ -216,7 +216,7 @@ def test_cli_predict_on_a_glob_writes_a_series(series, tmp_path):
     assert load_series(out)["labels"].shape[0] == STEPS
     again = ghostmap("predict", *series["paths"], "--model", series["model_dir"], "--out", out)
     assert again.returncode == 0 and again.stdout.count("already classified") == STEPS
-    # each step is classified as 'ghostmap predict' classifies that scan alone (ONNX Runtime's int8 graph here)
+    # each step is classified as 'ghostmap predict' classifies that scan alone (in ONNX Runtime)
     single = ghostmap("predict", series["paths"][1], "--model", series["model_dir"], "--out", tmp_path / "one")
     assert single.returncode == 0, single.stderr
     probabilities = {name: np.load(path / "predictions.npz")["probabilities"]

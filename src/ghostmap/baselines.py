@@ -51,8 +51,10 @@ construction, and polarizations other than the two in-plane directions along the
 bad pixels filled, is binned (to 32 pixels or fewer by default), shifted back by its smoothed
 descan shift (Fourier shift at 128 pixels or more), pooled over ``pool x pool`` probe positions, stripped of the central
 disk (which carries thickness contrast) and of a detector border as wide as the largest shift,
-square-rooted and standardised; an incremental PCA is fitted on a sample of evenly spaced scan rows
-(about 2,048 patterns) and applied to every pattern in one streaming pass; k-means splits the leading components that stand
+square-rooted and standardised, in one streaming pass over the scan; an incremental PCA is fitted on
+the features of a sample of evenly spaced scan rows (about 2,048 patterns) and applied to every
+pattern (the features are kept in memory up to ``FEATURE_MEMORY``, 256 MB; a larger scan reads
+its sample rows once more first); k-means splits the leading components that stand
 above the noise floor (:func:`signal_components`) into ``k`` clusters. Clusters are numbered by size (``cluster 0`` the largest); probabilities
 are a softmax of minus the squared distances to the cluster centres over their mean. Clusters
 follow whatever varies most between patterns, which need not be the polarization: thickness,
