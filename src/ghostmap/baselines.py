@@ -965,6 +965,11 @@ def cluster_baseline(scan, k: int = 3, pool: int = 3, n_components: int | None =
     """
     from concurrent.futures import ThreadPoolExecutor
 
+    if int(k) < 2:
+        raise GhostmapError(f"k must be at least 2 clusters, got {k}")
+    if int(pool) < 1 or int(pool) % 2 == 0:
+        raise GhostmapError(f"pool must be an odd number of probe positions (1, 3, 5, ...), got {pool}")
+    scan = as_scan(scan)
     threadpool_limits = _threadpool_limits()
     # scikit-learn's import (1-3 s) overlaps the first passes over the scan. The SVDs and k-means
     # here are small; multi-threaded BLAS / OpenMP made them up to 50x slower on a busy 2-core
@@ -977,11 +982,6 @@ def cluster_baseline(scan, k: int = 3, pool: int = 3, n_components: int | None =
 
 def _cluster(scan, sklearn, threadpool_limits, k, pool, n_components, bin, descan, seed, max_components,
              sample, progress) -> BaselineResult:
-    scan = as_scan(scan)
-    if int(k) < 2:
-        raise GhostmapError(f"k must be at least 2 clusters, got {k}")
-    if int(pool) < 1 or int(pool) % 2 == 0:
-        raise GhostmapError(f"pool must be an odd number of probe positions (1, 3, 5, ...), got {pool}")
     n_rows, n_cols = scan.scan_shape
     if scan.n_patterns < k:
         raise GhostmapError(f"the scan has {scan.n_patterns} patterns, fewer than k = {k} clusters")
