@@ -15,7 +15,7 @@ Run it (from the repository root)::
         '{"class_weights": "sqrt"}' --threads 1
     .venv/bin/python benchmarks/retrain_runs.py 'benchmarks/data/table1_runs/*_s1_*r14o_active50*pool*' \\
         '{"members": 4}' --threads 1 --keep /tmp/ens4      # keep the probabilities for calibration_check.py
-    .venv/bin/python benchmarks/retrain_runs.py 'benchmarks/data/table1_runs/*_s1_*r14o_active50*pool*seed0.npz' \
+    .venv/bin/python benchmarks/retrain_runs.py 'benchmarks/data/table1_runs/*_s1_*r14o_active50*pool*seed0.npz' \\
         '{"members": 4, "class_weights": "none"}' --threads 1 --train-seeds 0,1,2,3,4
 """
 
