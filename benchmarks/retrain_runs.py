@@ -39,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("pattern", help="glob of kept runs (.npz)")
     p.add_argument("options", help="TrainingOptions fields as JSON, e.g. '{\"class_weights\": \"sqrt\"}'")
     p.add_argument("--threads", type=int, default=None, help="torch threads (1 on a shared machine)")
-    p.add_argument("--keep", type=Path, default=None, help="folder to keep each retrained run's probabilities in")
+    p.add_argument("--keep", type=Path, default=None,
+                   help="folder to keep each retrained run's probabilities in (NAME_trainS.npz for another training seed)")
     p.add_argument("--train-seeds", default=None,
                    help="comma-separated training seeds to train each run's labels with (default: the run's own seed)")
     args = p.parse_args(argv)
@@ -61,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         seeds = [int(s) for s in args.train_seeds.split(",")] if args.train_seeds else [run_seed]
         tests = []
         for seed in seeds:
-            tests.append(retrain(path, run, seed, options, truth, test, walls, args.keep if seed == run_seed else None))
+            name = path.name if seed == run_seed else f"{path.stem}_train{seed}.npz"
+            tests.append(retrain(path, run, seed, options, truth, test, walls, args.keep and args.keep / name))
         if len(seeds) > 1:
             median = float(np.median(tests))
             print(f"{path.stem}: training seeds {', '.join(map(str, seeds))}: test "
@@ -71,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def retrain(path: Path, run: dict, seed: int, options: dict, truth, test, walls, keep: Path | None) -> float:
-    """Train ``run``'s labels again with training seed ``seed``, print the scores; the test accuracy in %."""
+    """Train ``run``'s labels again with training seed ``seed``, print the scores, keep the probabilities
+    in the file ``keep`` if given; the test accuracy in %."""
     from ghostmap.evaluation import expected_calibration_error
     from ghostmap.labels import Labels
     from ghostmap.prediction import predict
@@ -97,8 +100,8 @@ def retrain(path: Path, run: dict, seed: int, options: dict, truth, test, walls,
           f"walls {w:.1f}% ({w0:.1f}), calibration error {e:.4f} ({e0:.4f}), labels called otherwise "
           f"{m} ({m0}) of {len(labels)}, {seconds:.0f} s", flush=True)
     if keep:
-        keep.mkdir(parents=True, exist_ok=True)
-        np.savez(keep / path.name, x=run["x"], y=run["y"], label=run["label"], trained=kept,
+        keep.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(keep, x=run["x"], y=run["y"], label=run["label"], trained=kept,
                  probabilities=result.probabilities, classes=np.array(result.classes))
     return t
 

@@ -31,6 +31,8 @@ Run it (from the repository root)::
     .venv/bin/python benchmarks/table1.py --sizes 50 --seeds 1 --epochs 20 --write /tmp/T.md   # a quick check
     .venv/bin/python benchmarks/table1.py --sizes 15,25,50 --seeds 5 --members 4 --threads 1 \
         --strategies active,adaptive,random --write /tmp/T.md  # issue 12's active rows (hours on 2 shared cores)
+    .venv/bin/python benchmarks/table1.py --sizes 50 --seeds 2 --first-seed 3 --threads 1 --strategies active \
+        --write /tmp/T2.md   # seeds 3 and 4 in a second process, beside one running seeds 0-2
 """
 
 from __future__ import annotations
@@ -67,6 +69,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--detector", type=int, default=128, help="simulated detector size N x N (default 128)")
     p.add_argument("--seeds", type=int, default=3, help="seeds per setting (sampling and training; default 3)")
+    p.add_argument("--first-seed", type=int, default=0,
+                   help="the first of the --seeds seeds (default 0), to share one table's runs between processes")
     p.add_argument("--sizes", default="50,100,250", help="label budgets, comma-separated (default 50,100,250)")
     steps = p.add_mutually_exclusive_group()
     steps.add_argument("--paper-steps", dest="paper_steps", action="store_true", default=True,
@@ -98,6 +102,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     args.strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    args.seed_range = range(args.first_seed, args.first_seed + args.seeds)
     if not args.strategies or set(args.strategies) - set(STRATEGIES):
         p.error(f"--strategies must name some of {', '.join(STRATEGIES)}")
     if not args.sizes or min(args.sizes) < 4 or args.seeds < 1:
@@ -269,13 +274,14 @@ def truth_rgb(truth: np.ndarray, pale: float = 0.0) -> np.ndarray:
 
 
 def maps_figure(path: Path, truth, runs: dict, vdf: dict | None, sizes: list[int]) -> None:
-    """Like the paper's Figure 6: seed 0's domain map for every budget and strategy, with the truth."""
+    """Like the paper's Figure 6: the first seed's domain map for every budget and strategy, with the truth."""
     from matplotlib.figure import Figure
 
     from ghostmap.atomic import atomic_path
     from ghostmap.outputs import domain_rgb
 
     strategies = sorted({k for _, k, _ in runs}, key=STRATEGIES.index)
+    first = min(seed for *_, seed in runs)
     fig = Figure(figsize=(7 * max(2, len(strategies)), 1.8 * (len(sizes) + 1)), layout="constrained")
     axes = fig.subplots(len(sizes) + 1, max(2, len(strategies)), squeeze=False)
     panels = [(axes[0, 0], truth_rgb(truth), "truth (paper labels, nearest-neighbour filled)")]
@@ -284,7 +290,7 @@ def maps_figure(path: Path, truth, runs: dict, vdf: dict | None, sizes: list[int
                        f"offset virtual dark field (no labels): test {100 * vdf['score']['test']:.1f}%"))
     for i, size in enumerate(sizes):
         for j, strategy in enumerate(strategies):
-            run = runs[size, strategy, 0]
+            run = runs[size, strategy, first]
             n = int(run["trained"].sum())
             panels.append((axes[i + 1, j], domain_rgb(run["probabilities"], run["classes"]),
                            f"{strategy}, {size} sampled ({n} trained on): test {100 * run['score']['test']:.1f}%, "
@@ -294,24 +300,26 @@ def maps_figure(path: Path, truth, runs: dict, vdf: dict | None, sizes: list[int
     for ax, image, title in panels:
         ax.imshow(image, interpolation="nearest")
         ax.set_title(title, fontsize=9)
-    fig.suptitle("domain maps, seed 0 (none red, vertical green, horizontal blue, mixed by probability)", fontsize=10)
+    fig.suptitle(f"domain maps, seed {first} (none red, vertical green, horizontal blue, mixed by probability)", fontsize=10)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
 
 
 def sampling_figure(path: Path, truth, runs: dict, sizes: list[int]) -> None:
-    """Like the paper's Figure 7: the positions the adaptive (and active) sampler chose (seed 0), over the truth."""
+    """Like the paper's Figure 7: the positions the adaptive (and active) sampler chose (the first seed), over the
+    truth."""
     from matplotlib.figure import Figure
 
     from ghostmap.atomic import atomic_path
     from ghostmap.labels import class_order
     from ghostmap.outputs import class_colours
 
-    panels = [(size, k) for size in sizes for k in ("adaptive", "active") if (size, k, 0) in runs]
+    first = min(seed for *_, seed in runs)
+    panels = [(size, k) for size in sizes for k in ("adaptive", "active") if (size, k, first) in runs]
     fig = Figure(figsize=(12, 1.9 * max(1, len(panels))), layout="constrained")
     axes = fig.subplots(max(1, len(panels)), 1, squeeze=False)
     for ax, (size, strategy) in zip(axes[:, 0], panels):
-        run = runs[size, strategy, 0]
+        run = runs[size, strategy, first]
         ax.imshow(truth_rgb(truth, pale=0.6), interpolation="nearest")
         classes = class_order(run["label"])
         for name, colour in zip(classes, class_colours(classes)):
@@ -403,7 +411,8 @@ def markdown(args, info, truth, test, walls, runs, baselines, figures, elapsed, 
 
     sizes, n = args.sizes, args.seeds
     strategies = args.strategies
-    stats = {(size, k): [run_stats(runs[size, k, s], walls) for s in range(n)] for size in sizes for k in strategies}
+    stats = {(size, k): [run_stats(runs[size, k, s], walls) for s in args.seed_range] for size in sizes
+             for k in strategies}
     counts = {c: int((truth == c).sum()) for c in ("none", "vertical", "horizontal")}
     steps = ", ".join(f"{args.steps[s]} for {s}" for s in sizes) + (" labels" if args.paper_steps else
                                                                       " labels, ghostmap's default steps")
@@ -475,11 +484,13 @@ def markdown(args, info, truth, test, walls, runs, baselines, figures, elapsed, 
             sc = b["score"]
             L.append(f"| {names[method]} | {100 * sc['test']:.1f}% | {100 * sc['all']:.1f}% | {100 * sc['wall']:.1f}% "
                      f"| {100 * sc['domain']:.1f}% | {float(b['seconds']):.0f} |")
-    L += ["", f"![domain maps of seed 0, like the paper's Figure 6]({rel(figures['maps'])})", "",
-          "*Domain maps of seed 0 for every budget and strategy (like the paper's Figure 6), with the truth and the "
+    L += ["", f"![domain maps of seed {args.first_seed}, like the paper's Figure 6]({rel(figures['maps'])})", "",
+          f"*Domain maps of seed {args.first_seed} for every budget and strategy (like the paper's Figure 6), with the "
+          "truth and the "
           "virtual dark-field baseline.*", "",
           f"![positions chosen by adaptive sampling, like the paper's Figure 7]({rel(figures['sampling'])})", "",
-          "*The positions adaptive sampling chose (seed 0; like the paper's Figure 7), over the truth (pale); "
+          f"*The positions adaptive sampling chose (seed {args.first_seed}; like the paper's Figure 7), over the truth "
+          "(pale); "
           "crosses: test positions, sampled but not trained on.*", "",
           "The paper's numbers are on real boracite with its hand labels as the truth; these are on a simulated "
           "scan whose domain geometry is taken from those labels. The simulator is a test fixture, not a physics "
@@ -515,7 +526,7 @@ def main(argv: list[str] | None = None) -> int:
         for size in args.sizes:
             step = args.steps[size]
             for strategy in args.strategies:
-                for seed in range(args.seeds):
+                for seed in args.seed_range:
                     options = TrainingOptions(arch=args.arch, epochs=args.epochs, seed=seed, members=args.members)
                     name = (f"{scan_path.stem}_{args.arch}_m{args.members}_e{args.epochs or 'auto'}_{RECIPE}_{strategy}{size}"
                             f"{f'_step{step}' if strategy != 'random' else ''}"
