@@ -18,7 +18,7 @@ on all positions and on domain-wall positions. The two label-free baselines (off
 dark field; PCA + k-means, clusters matched to classes by the best permutation) are scored
 once. The results go, with the paper's numbers beside them, into BENCHMARKS.md between
 ``<!-- table1:start -->`` and ``<!-- table1:end -->``, with two figures in ``docs/`` beside
-it: the domain maps of seed 0 (like the paper's Figure 6) and the adaptive sampling patterns
+it: the domain maps of the first seed (``--first-seed``, 0 by default; like the paper's Figure 6) and the adaptive sampling patterns
 (like its Figure 7).
 
 The scan, and every training run's labels and predictions, are kept in ``--workdir`` and
